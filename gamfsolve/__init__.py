@@ -1,0 +1,28 @@
+"""gamfsolve: fuse trained neural networks by graph matching (GAMF, Liu et al., ICML 2022).
+
+The core works on plain arrays of any array-API library (NumPy, PyTorch, CuPy, ...) and
+imports no deep-learning framework; adapters for PyTorch, Keras and Flower live in
+``gamfsolve.adapters``.
+"""
+
+from ._builders import conv, dense, make_spec, mlp_spec, norm
+from ._errors import ConvergenceWarning, FusionError, FusionTypeError
+from ._permute import permute
+from ._spec import Blocks, Concat, PermutationSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Blocks",
+    "Concat",
+    "ConvergenceWarning",
+    "FusionError",
+    "FusionTypeError",
+    "PermutationSpec",
+    "conv",
+    "dense",
+    "make_spec",
+    "mlp_spec",
+    "norm",
+    "permute",
+]

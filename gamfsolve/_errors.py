@@ -1,0 +1,17 @@
+"""The library's exceptions and warnings."""
+
+from __future__ import annotations
+
+__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError"]
+
+
+class FusionError(ValueError):
+    """Invalid input to a gamfsolve function: a value, shape or spec that cannot be fused."""
+
+
+class FusionTypeError(FusionError, TypeError):
+    """Input of the wrong kind: an integer array, mixed array libraries, a non-array."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped at its iteration limit before its convergence test passed."""

@@ -1,0 +1,110 @@
+"""Apply permutations (index vectors) or soft plans (matrices) to parameter axes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import FusionError
+from ._spec import AxisEntry, PermutationSpec, Segment, segments_of
+from ._xp import device, namespace
+
+__all__ = ["apply_maps", "axis_index", "permute"]
+
+Array = Any
+
+
+def _segment_lengths(segs: tuple[Segment, ...], length: int, sizes: Mapping[str, int]) -> list[int]:
+    if len(segs) == 1 and segs[0].group is None:
+        return [length]
+    return [s.outer if s.group is None else s.outer * sizes[s.group] * s.inner for s in segs]
+
+
+def axis_index(entry: AxisEntry, length: int, perms: Mapping[str, Array], xp: Any, dev: Any) -> Array | None:
+    """Index vector that reorders an axis of ``length`` by ``perms``; None if the axis is fixed.
+
+    For a run ``(outer, n, inner)`` of group ``g`` with index vector ``p`` the new position
+    ``(o, u, i)`` takes the old position ``(o, p[u], i)``.
+    """
+    segs = segments_of(entry)
+    if all(s.group is None for s in segs):
+        return None
+    sizes = {s.group: perms[s.group].shape[0] for s in segs if s.group is not None}
+    pieces = []
+    offset = 0
+    for seg, seg_len in zip(segs, _segment_lengths(segs, length, sizes), strict=True):
+        if seg.group is None:
+            pieces.append(xp.arange(offset, offset + seg_len, device=dev))
+        else:
+            p = xp.astype(perms[seg.group], xp.int64)
+            n = p.shape[0]
+            outer = xp.reshape(xp.arange(seg.outer, device=dev) * (n * seg.inner), (-1, 1, 1))
+            middle = xp.reshape(p * seg.inner, (1, -1, 1))
+            inner = xp.reshape(xp.arange(seg.inner, device=dev), (1, 1, -1))
+            pieces.append(xp.reshape(outer + middle + inner, (-1,)) + offset)
+        offset += seg_len
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces)
+
+
+def _apply_plan(x: Array, axis: int, entry: AxisEntry, plans: Mapping[str, Array], xp: Any) -> Array:
+    """Contract an axis with soft plans: ``new[.., u, ..] = sum_a plan[a, u] x[.., a, ..]``."""
+    segs = segments_of(entry)
+    moved = xp.moveaxis(x, axis, -1)
+    lead = moved.shape[:-1]
+    sizes = {s.group: plans[s.group].shape[0] for s in segs if s.group is not None}
+    out = []
+    offset = 0
+    for seg, seg_len in zip(segs, _segment_lengths(segs, moved.shape[-1], sizes), strict=True):
+        part = moved[..., offset : offset + seg_len]
+        offset += seg_len
+        if seg.group is not None and seg.group in plans:
+            n = sizes[seg.group]
+            part = xp.reshape(part, (*lead, seg.outer, n, seg.inner))
+            part = xp.moveaxis(part, -2, -1) @ plans[seg.group]
+            part = xp.reshape(xp.moveaxis(part, -1, -2), (*lead, seg_len))
+        out.append(part)
+    joined = out[0] if len(out) == 1 else xp.concat(out, axis=-1)
+    return xp.moveaxis(joined, -1, axis)
+
+
+def apply_maps(
+    x: Array, entries: tuple[AxisEntry, ...], maps: Mapping[str, Array], xp: Any, *, skip: int | None = None
+) -> Array:
+    """Reorder every axis of ``x`` whose group has a map, except axis ``skip``.
+
+    A map is an index vector (exact permutation, applied with ``take``) or an ``(n, n)``
+    matrix (soft plan, rows = this model's units, columns = common order).
+    """
+    dev = device(x)
+    for a, entry in enumerate(entries):
+        if a == skip or entry is None:
+            continue
+        groups = [s.group for s in segments_of(entry) if s.group is not None]
+        present = {g: maps[g] for g in groups if g in maps}
+        if not present:
+            continue
+        if all(m.ndim == 1 for m in present.values()) and len(present) == len(groups):
+            idx = axis_index(entry, x.shape[a], present, xp, dev)
+            x = xp.take(x, idx, axis=a)
+        else:
+            x = _apply_plan(x, a, entry, present, xp)
+    return x
+
+
+def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:
+    """Reorder one model's parameters by index vectors, one per group.
+
+    ``perms[g]`` is an integer array ``p`` of length ``n_g``: unit ``p[u]`` of the input goes to
+    position ``u`` of the output, on every axis the spec assigns to ``g``. Groups missing from
+    ``perms`` are left as they are. Returns a new dict; the input is not modified.
+    """
+    unknown = [g for g in perms if g not in spec.groups]
+    if unknown:
+        raise FusionError(f"perms names groups the spec does not have: {unknown}; spec groups: {list(spec.groups)}")
+    arrays = [params[name] for name in spec.axes if name in params]
+    xp = namespace(*arrays, *perms.values())
+    sizes = spec.group_sizes({k: tuple(v.shape) for k, v in params.items()})
+    for g, p in perms.items():
+        if p.ndim != 1 or p.shape[0] != sizes[g]:
+            raise FusionError(f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]}, got shape {tuple(p.shape)}")
+    return {name: apply_maps(x, spec.axes[name], perms, xp) for name, x in params.items()}

@@ -1,0 +1,52 @@
+"""Array-namespace helpers: one namespace per call, and the one documented host hop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, device, is_array_api_obj
+
+from ._errors import FusionTypeError
+
+__all__ = ["device", "namespace", "to_host", "from_host", "is_floating"]
+
+Array = Any
+
+
+def namespace(*arrays: Array) -> Any:
+    """The array-API namespace shared by ``arrays``; refuse mixed libraries clearly."""
+    for x in arrays:
+        if not is_array_api_obj(x):
+            raise FusionTypeError(f"expected arrays, got {type(x).__module__}.{type(x).__name__}")
+    try:
+        return array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(x).__module__.split(".")[0] + "." + type(x).__name__ for x in arrays})
+        raise FusionTypeError(f"all arrays must come from one array library, got {kinds}") from exc
+
+
+def is_floating(xp: Any, x: Array) -> bool:
+    """True for real floating-point arrays."""
+    return bool(xp.isdtype(x.dtype, "real floating"))
+
+
+def to_host(x: Array) -> np.ndarray:
+    """Copy an array to a NumPy array on the host (a no-op for NumPy input).
+
+    This is the library's only device-to-host transfer; it is used for the linear
+    assignment (Hungarian) step, which has no fast GPU implementation.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__.split(".")[0]
+    if mod == "cupy":
+        return x.get()
+    if mod == "torch":
+        return x.detach().cpu().numpy()
+    return np.from_dlpack(x)
+
+
+def from_host(a: np.ndarray, xp: Any, like: Array) -> Array:
+    """Move a host array into ``xp`` on the device of ``like``."""
+    return xp.asarray(a, device=device(like))
