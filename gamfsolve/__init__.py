@@ -5,23 +5,30 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 ``gamfsolve.adapters``.
 """
 
+from ._api import METHODS, fuse, match, merge
 from ._builders import conv, dense, make_spec, mlp_spec, norm
 from ._errors import ConvergenceWarning, FusionError, FusionTypeError
 from ._permute import permute
+from ._result import MatchResult
 from ._spec import Blocks, Concat, PermutationSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Blocks",
+    "METHODS",
     "Concat",
+    "MatchResult",
     "ConvergenceWarning",
     "FusionError",
     "FusionTypeError",
     "PermutationSpec",
     "conv",
     "dense",
+    "fuse",
     "make_spec",
+    "match",
+    "merge",
     "mlp_spec",
     "norm",
     "permute",

@@ -1,0 +1,133 @@
+"""Public entry points: :func:`match`, :func:`fuse`, :func:`merge`; methods from a registry."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from time import perf_counter
+from typing import Any
+
+from ._errors import FusionError
+from ._permute import permute
+from ._result import MatchResult
+from ._spec import PermutationSpec
+from ._validate import Checked, check_models, check_weights
+
+__all__ = ["METHODS", "fuse", "match", "merge", "register_method"]
+
+Array = Any
+Model = Mapping[str, Array]
+Solver = Callable[..., MatchResult]
+
+METHODS: dict[str, Solver] = {}
+
+
+def register_method(name: str) -> Callable[[Solver], Solver]:
+    """Decorator adding a solver ``f(models, spec, checked, *, seed, **options)`` to the registry."""
+
+    def wrap(func: Solver) -> Solver:
+        METHODS[name] = func
+        return func
+
+    return wrap
+
+
+def _solver(method: str, options: Mapping[str, Any]) -> Solver:
+    try:
+        func = METHODS[method]
+    except KeyError:
+        raise FusionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}") from None
+    params = inspect.signature(func).parameters
+    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "seed"]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise FusionError(f"unknown option(s) {unknown} for method {method!r}; valid options: {allowed}")
+    return func
+
+
+def match(
+    models: Sequence[Model],
+    spec: PermutationSpec,
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    **options: Any,
+) -> MatchResult:
+    """Find, for every group, the permutation of each model's units into a common order.
+
+    Parameters
+    ----------
+    models : sequence of mappings, length N >= 2
+        Each maps parameter name to an array (any array-API library; all the same library,
+        device, names and shapes).
+    spec : PermutationSpec
+        Which group permutes which axis.
+    method : {"gamf", "weight_matching", "ot", "average"}
+        ``"gamf"``: graduated assignment on the Gaussian edge affinity (Liu et al. 2022,
+        Alg. 1 for two models, Alg. 2 in a shared universe for more). ``"weight_matching"``:
+        coordinate descent of linear assignments (Ainsworth et al. 2023). ``"ot"``: layer by
+        layer optimal transport of incoming weights (Singh & Jaggi 2020). ``"average"``: identity.
+    weights : sequence of float, optional
+        Non-negative model weights (normalised); used by methods that align to a weighted mean.
+    seed : int, optional
+        Makes randomised initialisations reproducible.
+    **options
+        Method options; an unknown name raises :class:`FusionError` listing the valid ones.
+
+    Returns
+    -------
+    MatchResult
+        ``result.perms[group][k]``: index vector putting model ``k`` into the common order.
+    """
+    solver = _solver(method, options)
+    checked = check_models(models, spec, weights)
+    start = perf_counter()
+    result = solver(models, spec, checked, seed=seed, **options)
+    return replace(result, time=perf_counter() - start)
+
+
+def merge(
+    models: Sequence[Model], spec: PermutationSpec, result: MatchResult, *, weights: Sequence[float] | None = None
+) -> dict[str, Array]:
+    """Weighted average of the models after putting each into the common order of ``result``.
+
+    ``fused[name] = sum_k w_k * permute(models[k])[name]`` with ``w`` normalised to sum to one.
+    Same array library, dtype and device as the input.
+    """
+    if result.n_models != len(models) and result.perms:
+        raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
+    w = check_weights(weights, len(models))
+    out: dict[str, Array] = {}
+    for k, model in enumerate(models):
+        aligned = permute(model, spec, result.model_perms(k))
+        for name, x in aligned.items():
+            out[name] = w[k] * x if k == 0 else out[name] + w[k] * x
+    return out
+
+
+def fuse(
+    models: Sequence[Model],
+    spec: PermutationSpec,
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    **options: Any,
+) -> dict[str, Array]:
+    """Align the models with :func:`match`, then average them (weighted) with :func:`merge`.
+
+    Returns a new mapping of parameter name to array, same library, dtype and device as the
+    input. Inputs are not modified.
+    """
+    result = match(models, spec, method=method, weights=weights, seed=seed, **options)
+    return merge(models, spec, result, weights=weights)
+
+
+@register_method("average")
+def _average(models: Sequence[Model], spec: PermutationSpec, checked: Checked, *, seed: int | None) -> MatchResult:
+    """Vanilla averaging: every model keeps its own unit order."""
+    xp = checked.xp
+    perms = {g: [xp.arange(n, device=checked.device) for _ in models] for g, n in checked.sizes.items()}
+    return MatchResult(perms=perms, method="average", message="identity (no alignment)")
