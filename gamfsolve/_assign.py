@@ -1,0 +1,72 @@
+"""Projectors onto (relaxed) permutations: log-domain Sinkhorn on the device, Hungarian on the host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ._xp import device, from_host, to_host
+
+__all__ = ["hungarian", "logsumexp", "sinkhorn"]
+
+Array = Any
+
+
+def logsumexp(s: Array, axis: int, xp: Any) -> Array:
+    """``log(sum(exp(s), axis))`` computed stably, keeping the reduced axis."""
+    m = xp.max(s, axis=axis, keepdims=True)
+    return m + xp.log(xp.sum(xp.exp(s - m), axis=axis, keepdims=True))
+
+
+def sinkhorn(
+    scores: Array, tau: float, xp: Any, *, tol: float = 1e-4, max_iter: int = 500, v: Array | None = None
+) -> tuple[Array, Array, int]:
+    """Doubly stochastic ``P = exp(scores / tau - u - v)`` by alternating log-domain normalisation.
+
+    Parameters
+    ----------
+    scores : (n, n) array
+        Affinity (higher is better).
+    tau : float
+        Temperature; ``P`` tends to the best permutation as ``tau -> 0``.
+    tol : float
+        Stop when every column sum is within ``tol`` of one (rows are exact after each step).
+    v : (1, n) array, optional
+        Column potential to warm-start from (the previous call's).
+
+    Returns
+    -------
+    P : (n, n) array, v : (1, n) array, iterations : int
+    """
+    s = scores / tau
+    if v is None:
+        v = xp.zeros((1, s.shape[1]), dtype=s.dtype, device=device(s))
+    it = 0
+    for it in range(1, max_iter + 1):
+        u = logsumexp(s - v, 1, xp)
+        v = logsumexp(s - u, 0, xp)
+        if it % 5 == 0 or it == max_iter:  # check every few steps: no device sync each step
+            u = logsumexp(s - v, 1, xp)
+            col = xp.sum(xp.exp(s - u - v), axis=0)
+            if float(xp.max(xp.abs(col - 1.0))) < tol:
+                break
+    u = logsumexp(s - v, 1, xp)
+    return xp.exp(s - u - v), v, it
+
+
+def hungarian(scores: Sequence[Array], xp: Any) -> list[Array]:
+    """Exact maximum-weight assignments of square score matrices, as index vectors.
+
+    The one host hop of the library: all matrices go to the host together, SciPy's
+    ``linear_sum_assignment`` solves each, and the index vectors come back to the device.
+    ``p[u]`` is the row assigned to column ``u``.
+    """
+    host = [np.asarray(to_host(s), dtype=np.float64) for s in scores]
+    out = []
+    for s, h in zip(scores, host, strict=True):
+        _, cols = linear_sum_assignment(h, maximize=True)
+        out.append(from_host(np.argsort(cols).astype(np.int64), xp, s))
+    return out

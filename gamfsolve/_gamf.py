@@ -1,0 +1,190 @@
+"""GAMF: graduated assignment model fusion (Liu et al., ICML 2022, Alg. 1 and Alg. 2).
+
+Two models (Alg. 1): model 0 is the anchor (its order is the common order); model 1's
+soft plans ``P_g`` are updated group by group from the gradient of the Lawler QAP
+``R_g = d/dP_g sum P K P``, which for the Gaussian edge affinity only involves the layers
+next to ``g`` (the "three-layer window"), then projected by Sinkhorn at temperature ``tau``;
+``tau`` is annealed and the last stage projects by Hungarian, so the output is an exact
+permutation. Many models (Alg. 2): every model ``k`` gets a map ``U_g^(k)`` into a shared
+universe and ``R_g^(k) = sum_{k' != k} w_k' R_g(k, k') U_g^(k')``, so all pairwise matchings
+``U^(k) U^(k')^T`` are cycle-consistent by construction.
+
+Departures from the released research code, each fixing a measured failure
+(ALGORITHM.md, sec. 4): ``R`` is standardised so ``tau`` is scale-free; ``sigma`` adapts to
+each parameter's scale; groups are updated Gauss-Seidel by colour classes (groups that share
+no parameter are updated together), which removes the 2-cycles of simultaneous updates;
+a stage ends when the plans stop moving; the discrete stage stops at a fixed point or a
+2-cycle and returns the best iterate it saw.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._affinity import AFFINITIES, group_affinity, map_columns, param_sigmas, standardize
+from ._api import match, register_method
+from ._assign import hungarian, sinkhorn
+from ._errors import ConvergenceWarning, FusionError
+from ._features import color_groups, unit_features
+from ._objective import matched_affinity
+from ._result import MatchResult
+from ._spec import PermutationSpec
+from ._validate import Checked
+from ._xp import from_host, to_host
+
+__all__: list[str] = []
+
+Array = Any
+Maps = dict[str, Array]
+INITS = ("uniform", "identity", "random", "weight_matching")
+
+
+class _Problem:
+    """The fixed data of one solve: models, spec, kernel widths, colour classes, partners."""
+
+    def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
+                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str) -> None:
+        self.models, self.spec, self.xp = models, spec, checked.xp
+        self.sizes, self.weights = checked.sizes, checked.weights
+        self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
+        self.universe, self.device = universe, checked.device
+        self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
+        self.colors = color_groups(spec)
+
+    def partners(self, k: int) -> list[int]:
+        return [j for j in range(len(self.models)) if j != k] if self.universe else [0]
+
+    def scores(self, k: int, group: str, maps: list[Maps]) -> Array:
+        """Standardised gradient ``R_g^(k)`` (Alg. 1 line 5; Alg. 2 line 6)."""
+        xp, n = self.xp, self.sizes[group]
+        own = unit_features(self.models[k], self.spec, group, n, maps[k], xp)
+        total = None
+        for j in self.partners(k):
+            other = unit_features(self.models[j], self.spec, group, n, maps[j], xp)
+            a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
+            term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
+            total = term if total is None else total + term
+        return standardize(total, xp)
+
+
+def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) -> list[Maps]:
+    xp, dev = prob.xp, checked.device
+    dtype = prob.models[0][next(iter(prob.models[0]))].dtype
+    maps: list[Maps] = [{} for _ in prob.models]
+    if init == "weight_matching":
+        res = match(prob.models, prob.spec, method="weight_matching", seed=seed)
+        return [res.model_perms(k) for k in range(len(prob.models))]
+    rng = np.random.default_rng(seed)
+    for k in prob.movers:
+        for g, n in prob.sizes.items():
+            if init == "identity" or (prob.universe and k == 0 and init == "uniform"):
+                maps[k][g] = xp.arange(n, device=dev)  # the universe starts in model 0's order
+            elif init == "uniform":
+                maps[k][g] = xp.full((n, n), 1.0 / n, dtype=dtype, device=dev)
+            else:
+                noise = from_host(rng.standard_normal((n, n)), xp, prob.models[0][next(iter(prob.models[0]))])
+                maps[k][g] = sinkhorn(xp.astype(noise, dtype), 1.0, xp)[0]
+    return maps
+
+
+def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:
+    return tuple(to_host(maps[k][g]).tobytes() for k in movers for g in sorted(maps[k]))
+
+
+def _change(old: list[Maps], new: list[Maps], movers: list[int], xp: Any) -> float:
+    """Largest mean absolute change of a plan in the last sweep (exact maps count as changed)."""
+    worst = 0.0
+    for k in movers:
+        for g, m in new[k].items():
+            o = old[k].get(g)
+            if o is None or o.ndim != 2 or m.ndim != 2:
+                return float("inf")
+            worst = max(worst, float(xp.mean(xp.abs(m - o))))
+    return worst
+
+
+@register_method("gamf")
+def _gamf(
+    models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked, *, seed: int | None,
+    affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
+    sigma_scale: float = 1.0, tau0: float = 1.0, gamma: float = 0.7, tau_min: float = 0.02,
+    max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
+    max_iter: int = 300, init: str = "uniform", universe: bool | None = None,
+) -> MatchResult:
+    """Graduated assignment; see the module docstring. Options are keyword-only.
+
+    ``affinity``: "edge" (the paper's) or "node"; ``tau0 > tau_min``, ``0 < gamma < 1``: the
+    annealing schedule on the standardised scores; ``max_sweeps``: sweeps per temperature at
+    most (a stage also ends when plans change by less than ``tol``); ``init``: "uniform",
+    "identity", "random" (the paper's) or "weight_matching"; ``universe``: Alg. 2 for all
+    models (default when N > 2) instead of aligning to model 0.
+    """
+    if affinity not in AFFINITIES:
+        raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
+    if init not in INITS:
+        raise FusionError(f"init must be one of {INITS}, got {init!r}")
+    if not (0 < gamma < 1 and tau0 > tau_min > 0):
+        raise FusionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
+    xp = checked.xp
+    uni = len(models) > 2 if universe is None else bool(universe)
+    sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
+    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel)
+    maps = _init_maps(prob, init, seed, checked)
+    potentials: dict[tuple[int, str], Array] = {}
+    tau, sweeps_at_tau = tau0, 0
+    discrete = init in ("identity", "weight_matching") and tau0 <= tau_min
+    seen: list[tuple[bytes, ...]] = []
+    trace: list[float] = []
+    best: tuple[float, list[Maps]] | None = None
+    converged, message, it = False, "iteration limit reached", 0
+    for it in range(1, max_iter + 1):
+        old = [dict(m) for m in maps]
+        for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
+            for k in prob.movers:
+                scores = {g: prob.scores(k, g, maps) for g in color}
+                if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
+                    maps[k].update(zip(color, hungarian(list(scores.values()), xp), strict=True))
+                    continue
+                for g, r in scores.items():
+                    p, potentials[k, g], _ = sinkhorn(r, tau, xp, tol=sinkhorn_tol, max_iter=sinkhorn_max_iter,
+                                                      v=potentials.get((k, g)))
+                    maps[k][g] = p
+        if not discrete:
+            sweeps_at_tau += 1
+            if _change(old, maps, prob.movers, xp) < tol or sweeps_at_tau >= max_sweeps:
+                tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
+                discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
+            continue
+        value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp)
+        trace.append(value)
+        if best is None or value > best[0]:
+            best = (value, [dict(m) for m in maps])
+        snap = _snapshot(maps, prob.movers)
+        if seen and snap == seen[-1]:
+            converged, message = True, "fixed point of the Hungarian stage"
+            break
+        if len(seen) >= 2 and snap == seen[-2]:
+            converged, message = True, "2-cycle in the Hungarian stage; returned the better iterate"
+            break
+        seen.append(snap)
+    if best is None:
+        raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
+    if not converged:
+        warnings.warn(f"gamf stopped after {it} iterations without converging", ConvergenceWarning, stacklevel=3)
+    final = best[1]
+    perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
+    return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
+                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas})
+
+
+def _perms_of(prob: _Problem, maps: list[Maps], k: int) -> dict[str, Array]:
+    out = {}
+    for g, n in prob.sizes.items():
+        m = maps[k].get(g)
+        out[g] = prob.xp.arange(n, device=prob.device) if m is None else m
+    return out
+

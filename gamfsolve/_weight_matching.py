@@ -1,0 +1,98 @@
+"""Weight matching (Ainsworth, Hayase & Srinivasa, "Git Re-Basin", ICLR 2023), for N models.
+
+Two models: coordinate descent over groups in random order; each step solves the linear
+assignment ``max_P <P, sum_f X_f Y_f^T>`` for one group with the others held fixed, until a
+full pass changes nothing. More models: MergeMany, i.e. every model is aligned in turn to the
+weighted mean of the others (in the common order) until a pass changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._api import register_method
+from ._assign import hungarian
+from ._features import unit_features
+from ._result import MatchResult
+from ._spec import PermutationSpec
+from ._validate import Checked
+from ._xp import to_host
+
+__all__ = ["align_to"]
+
+Array = Any
+
+
+def _gain(x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec, group: str, n: int,
+          maps: Mapping[str, Array], xp: Any) -> Array:
+    """``C[b, a] = sum_f <x_f[b], target_f[a]>``: model unit ``b`` against target unit ``a``."""
+    own = unit_features(x, spec, group, n, maps, xp)
+    ref = unit_features(target, spec, group, n, {}, xp)
+    total = None
+    for a, b in zip(own, ref, strict=True):
+        term = xp.reshape(a.x, (n, -1)) @ xp.reshape(b.x, (n, -1)).T
+        total = term if total is None else total + term
+    return total
+
+
+def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec, sizes: Mapping[str, int],
+             maps: dict[str, Array], rng: np.random.Generator, xp: Any, *, max_iter: int = 100) -> tuple[dict[str, Array], int]:
+    """Coordinate descent of linear assignments putting ``x`` into ``target``'s order."""
+    maps = dict(maps)
+    for it in range(1, max_iter + 1):
+        changed = False
+        for g in rng.permutation(list(sizes)):
+            g = str(g)
+            (new,) = hungarian([_gain(x, target, spec, g, sizes[g], maps, xp)], xp)
+            if not np.array_equal(to_host(new), to_host(maps[g])):
+                maps[g], changed = new, True
+        if not changed:
+            return maps, it
+    return maps, max_iter
+
+
+def _mean(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, maps: Sequence[Mapping[str, Array]],
+          weights: Sequence[float], skip: int, xp: Any) -> dict[str, Array]:
+    from ._permute import apply_maps
+
+    idx = [k for k in range(len(models)) if k != skip]
+    total = sum(weights[k] for k in idx)
+    ws = [weights[k] / total for k in idx] if total > 0 else [1.0 / len(idx)] * len(idx)
+    out: dict[str, Array] = {}
+    for k, w in zip(idx, ws, strict=True):
+        for name in spec.axes:
+            term = w * apply_maps(models[k][name], spec.axes[name], maps[k], xp)
+            out[name] = term if name not in out else out[name] + term
+    return out
+
+
+@register_method("weight_matching")
+def _weight_matching(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked, *,
+                     seed: int | None, max_iter: int = 100) -> MatchResult:
+    """Git Re-Basin weight matching; MergeMany for more than two models. ``max_iter``: passes."""
+    xp, sizes = checked.xp, checked.sizes
+    rng = np.random.default_rng(seed)
+    ident = {g: xp.arange(n, device=checked.device) for g, n in sizes.items()}
+    maps = [dict(ident) for _ in models]
+    total_iter = 0
+    for k in range(1, len(models)):  # start: everyone aligned to model 0
+        maps[k], it = align_to(models[k], models[0], spec, sizes, maps[k], rng, xp, max_iter=max_iter)
+        total_iter += it
+    converged = len(models) == 2
+    for _ in range(max_iter if len(models) > 2 else 0):
+        changed = False
+        for k in range(len(models)):
+            target = _mean(models, spec, maps, checked.weights, k, xp)
+            new, it = align_to(models[k], target, spec, sizes, maps[k], rng, xp, max_iter=max_iter)
+            total_iter += it
+            changed |= any(not np.array_equal(to_host(new[g]), to_host(maps[k][g])) for g in sizes)
+            maps[k] = new
+        if not changed:
+            converged = True
+            break
+    perms = {g: [maps[k][g] for k in range(len(models))] for g in spec.groups}
+    return MatchResult(perms=perms, method="weight_matching", n_iter=total_iter, converged=converged,
+                       message="no assignment changed in a full pass" if converged else "pass limit reached")
