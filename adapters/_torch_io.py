@@ -1,0 +1,155 @@
+"""Modules <-> named arrays, and state files (``.pt`` state dicts, ``.safetensors``, ``.pt2``)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gamfsolve import FusionError, FusionTypeError
+
+__all__ = ["aliases", "from_arrays", "load_state", "save_state", "to_arrays"]
+
+
+def _check_module(module: Any, what: str = "module") -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise FusionTypeError(f"{what} must be a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def to_arrays(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's floating-point parameters and buffers, by state-dict name.
+
+    Tensors are detached views of the module's own storage (no copy; same device and dtype).
+    Integer buffers such as BatchNorm's ``num_batches_tracked`` are left out: they are not
+    fused (:func:`from_arrays` copies them from the module it is given).
+    """
+    _check_module(module)
+    state = module.state_dict(keep_vars=True)
+    return {k: v.detach() for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def aliases(module: nn.Module) -> dict[str, str]:
+    """Tied parameters: every later state-dict name of a shared tensor -> the first name."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = id(value)
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
+
+
+def from_arrays(module: nn.Module, arrays: Mapping[str, Any]) -> nn.Module:
+    """A deep copy of ``module`` holding ``arrays`` (every floating parameter and buffer).
+
+    ``arrays`` must name exactly the tensors :func:`to_arrays` returns; values are copied into
+    the new module's tensors (converted to their dtype and device). Integer buffers come from
+    ``module``. The input module is not modified.
+    """
+    _check_module(module)
+    expected = to_arrays(module)
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise FusionError(f"arrays do not fit {type(module).__name__}: missing {missing}, unexpected {extra}")
+    for name, ref in expected.items():
+        shape = tuple(getattr(arrays[name], "shape", ()))
+        if shape != tuple(ref.shape):
+            raise FusionError(f"array {name!r} has shape {shape}, the module expects {tuple(ref.shape)}")
+    new = copy.deepcopy(module)
+    state = new.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in arrays.items():
+            state[name].copy_(torch.as_tensor(value))
+    return new
+
+
+def _factory(spec: str) -> nn.Module:
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise FusionError(f"factory must be 'package.module:callable', got {spec!r}")
+    mod_name, attr = spec.split(":")
+    try:
+        func = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FusionError(f"cannot import factory {spec!r}: {exc}") from exc
+    return _check_module(func(), f"factory {spec!r} result")
+
+
+def load_state(path: str | Path, factory: str | None = None, *, map_location: Any = "cpu") -> nn.Module:
+    """Load a model: build it with ``factory`` and load a state file, or load a ``.pt2`` program.
+
+    ``.pt`` / ``.pth``: a state dict, read with ``torch.load(weights_only=True)``; a file that
+    needs arbitrary unpickling (a whole pickled module) is refused. ``.safetensors``: a flat
+    tensor file. Both need ``factory`` ("package.module:callable" returning the empty model).
+    ``.pt2``: a :func:`torch.export.save` program; its module is returned (no factory needed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FusionError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        return load_program(path).module()
+    if factory is None:
+        raise FusionError(f"loading {path.name} needs factory='package.module:callable' to build the model")
+    if suffix == ".safetensors":
+        from safetensors.torch import load_model
+
+        model = _factory(factory)
+        try:
+            load_model(model, str(path), strict=True, device=str(map_location))
+        except (RuntimeError, OSError) as exc:
+            raise FusionError(f"{path.name} does not fit the model from {factory!r}: {exc}") from exc
+        return model
+    if suffix in (".pt", ".pth", ".bin"):
+        try:
+            state: Mapping[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise FusionError(
+                f"{path.name} is not a plain state dict (it needs arbitrary unpickling, which is refused "
+                "for safety); save model.state_dict() instead"
+            ) from exc
+    else:
+        raise FusionError(f"unknown file type {suffix!r}; expected .pt, .pth, .safetensors or .pt2")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FusionError(f"{path.name} does not hold a state dict of tensors")
+    model = _factory(factory)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FusionError(f"{path.name} does not fit the model from {factory!r}: {exc}") from exc
+    return model
+
+
+def load_program(path: str | Path) -> torch.export.ExportedProgram:
+    """A ``.pt2`` file written by :func:`torch.export.save` (it carries its graph)."""
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise FusionError(f"cannot load the exported program {path}: {exc}") from exc
+
+
+def save_state(module: nn.Module, path: str | Path) -> None:
+    """Write the module's state dict to ``.pt``/``.pth`` (torch.save) or ``.safetensors``."""
+    _check_module(module)
+    path = Path(path)
+    state = module.state_dict()
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import save_model
+
+        save_model(module, str(path))
+    elif suffix in (".pt", ".pth", ".bin"):
+        torch.save(state, path)
+    else:
+        raise FusionError(f"unknown file type {suffix!r}; expected .pt, .pth or .safetensors (use torch.export.save for .pt2)")

@@ -1,0 +1,298 @@
+"""PyTorch adapter: derive a spec from a module's graph, fuse modules, reset BatchNorm statistics.
+
+The spec is derived from the traced graph (``torch.fx``; ``torch.export`` when fx cannot trace
+the module): every Linear/Conv output opens a channel group, which flows unchanged through
+activations, dropout, pooling and normalisation layers (their vectors join it); residual adds
+unite groups; ``torch.cat`` gives a :class:`~gamfsolve.Concat` axis and a flatten a
+:class:`~gamfsolve.Blocks` axis; model inputs and outputs stay fixed. Whatever cannot be
+permuted safely (attention heads, grouped convolutions, GroupNorm with several groups,
+unknown ops) is fixed, and :func:`check_spec` verifies the result numerically.
+
+Example
+-------
+>>> from gamfsolve.adapters import torch as gt
+>>> fused = gt.fuse_modules([model_a, model_b], example_inputs=x[:2])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import gamfsolve
+from gamfsolve import FusionError, FusionTypeError, PermutationSpec
+
+from ._torch_io import aliases, from_arrays, load_program, load_state, save_state, to_arrays
+from ._torch_trace import derive_spec, trace_export, trace_fx
+
+__all__ = [
+    "check_spec",
+    "from_arrays",
+    "fuse_modules",
+    "load_program",
+    "load_state",
+    "reset_bn_stats",
+    "save_state",
+    "spec_from_module",
+    "to_arrays",
+]
+
+
+def _inputs(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs:
+        return tuple(example_inputs)
+    raise FusionTypeError(
+        f"example_inputs must be a tensor or a non-empty tuple of tensors, got {type(example_inputs).__name__}"
+    )
+
+
+def _device_check(module: nn.Module, inputs: tuple, what: str = "module") -> None:
+    devices = {t.device for t in module.state_dict().values() if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise FusionError(f"{what} has tensors on several devices: {sorted(map(str, devices))}")
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and devices and t.device not in devices:
+            raise FusionError(
+                f"{what} ({type(module).__name__}) is on {next(iter(devices))} but an example input is on "
+                f"{t.device}; move them to one device"
+            )
+
+
+class _EvalMode:
+    """Run with every submodule in eval mode; restore each flag afterwards."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.flags = [(m, m.training) for m in module.modules()]
+
+    def __enter__(self) -> None:
+        for m, _ in self.flags:
+            m.training = False
+
+    def __exit__(self, *exc: object) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+
+
+def spec_from_module(
+    module: nn.Module | torch.export.ExportedProgram,
+    example_inputs: Any = None,
+    *,
+    check: bool = True,
+    strict: bool = False,
+    atol: float = 1e-5,
+) -> PermutationSpec:
+    """Derive the :class:`~gamfsolve.PermutationSpec` of a module from its traced graph.
+
+    Parameters
+    ----------
+    module : torch.nn.Module or torch.export.ExportedProgram
+        The model (not modified; traced in eval mode). An exported program is read as is.
+    example_inputs : tensor or tuple of tensors
+        A small batch on the module's device; gives the shapes (H*W for a flatten) and drives
+        the check. Optional for an exported program that stored its example inputs.
+    check : bool
+        Run :func:`check_spec` on the result (random permutations must not change the outputs).
+    strict : bool
+        Raise :class:`~gamfsolve.FusionError` instead of fixing units an op cannot permute safely
+        (the message lists each such op); by default they are fixed and logged at INFO level on
+        the ``gamfsolve.adapters.torch`` logger.
+    atol : float
+        Tolerance of the check, relative to the output scale.
+
+    Returns
+    -------
+    PermutationSpec
+        Covers every floating parameter and buffer of :func:`to_arrays`.
+    """
+    if isinstance(module, torch.export.ExportedProgram):
+        program = module
+        if example_inputs is None and program.example_inputs is not None:
+            example_inputs = program.example_inputs[0]
+        module = program.module()
+        inputs = _inputs(example_inputs) if example_inputs is not None else None
+        source: Any = program
+        shapes = None
+    else:
+        if not isinstance(module, nn.Module):
+            raise FusionTypeError(f"module must be a torch.nn.Module or ExportedProgram, got {type(module).__name__}")
+        inputs = _inputs(example_inputs)
+        _device_check(module, inputs)
+        source, shapes = _trace(module, inputs)
+    params = {k: tuple(v.shape) for k, v in to_arrays(module).items()}
+    spec = derive_spec(source, shapes, params, aliases(module), strict=strict)
+    spec.group_sizes(params)
+    if check and inputs is not None:
+        check_spec(module, spec, inputs, atol=atol)
+    return spec
+
+
+def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
+    with _EvalMode(module):
+        try:
+            return trace_fx(module, inputs)
+        except Exception as fx_error:  # fx raises many types (TraceError, TypeError, ...)
+            try:
+                return trace_export(module, inputs), None
+            except Exception as export_error:
+                raise FusionError(
+                    f"cannot trace {type(module).__name__}: torch.fx failed ({type(fx_error).__name__}: "
+                    f"{fx_error}) and torch.export failed ({type(export_error).__name__}: {export_error}); "
+                    "write the PermutationSpec by hand"
+                ) from export_error
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _outputs(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _outputs(v)]
+    return []
+
+
+def _max_error(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
+    scale = max([1.0] + [float(r.abs().max()) for r in ref if r.is_floating_point() and r.numel()])
+    errs = [float((r.double() - o.double()).abs().max()) for r, o in zip(ref, out, strict=True) if r.numel()]
+    return max(errs, default=0.0) / scale
+
+
+def check_spec(
+    module: nn.Module, spec: PermutationSpec, example_inputs: Any, *, atol: float = 1e-5, seed: int = 0
+) -> None:
+    """Check that permuting every group at random leaves the module's outputs unchanged.
+
+    Runs in eval mode on a copy. The error ``max |f(x) - f_P(x)| / max(1, max |f(x)|)`` must
+    not exceed ``atol``; otherwise each group is tried alone and :class:`~gamfsolve.FusionError`
+    names those that change the outputs (a wrong spec, or an op the derivation misread).
+    """
+    inputs = _inputs(example_inputs)
+    _device_check(module, inputs)
+    model = copy.deepcopy(module).eval()
+    arrays = to_arrays(model)
+    sizes = spec.group_sizes({k: tuple(v.shape) for k, v in arrays.items()})
+    rng = np.random.default_rng(seed)
+    dev = next(iter(arrays.values())).device if arrays else torch.device("cpu")
+    perms = {g: torch.as_tensor(rng.permutation(n), device=dev) for g, n in sizes.items()}
+    with torch.no_grad():
+        ref = _outputs(model(*inputs))
+
+        def error(selected: dict[str, torch.Tensor]) -> float:
+            permuted = from_arrays(model, gamfsolve.permute(arrays, spec, selected))
+            return _max_error(ref, _outputs(permuted(*inputs)))
+
+        err = error(perms)
+        if err <= atol:
+            return
+        bad = [g for g in perms if error({g: perms[g]}) > atol]
+    raise FusionError(
+        f"the spec does not describe {type(module).__name__}: permuting groups {bad or list(perms)} changes "
+        f"the outputs (relative error {err:.2e} > atol {atol:.1e})"
+    )
+
+
+def _check_same(modules: Sequence[nn.Module]) -> None:
+    if isinstance(modules, nn.Module) or not isinstance(modules, Sequence) or len(modules) < 2:
+        raise FusionError("modules must be a sequence of at least two torch.nn.Module")
+    first = modules[0]
+    for k, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            raise FusionTypeError(f"modules[{k}] must be a torch.nn.Module, got {type(m).__name__}")
+        if type(m) is not type(first):
+            raise FusionError(f"modules[{k}] is a {type(m).__name__} but modules[0] is a {type(first).__name__}")
+        a, b = first.state_dict(), m.state_dict()
+        if list(a) != list(b):
+            diff = sorted(set(a) ^ set(b))
+            raise FusionError(f"modules[{k}] has different parameters from modules[0]: {diff[:5]}")
+        for name in a:
+            if a[name].shape != b[name].shape:
+                raise FusionError(
+                    f"parameter {name!r} has shape {tuple(b[name].shape)} in modules[{k}] but "
+                    f"{tuple(a[name].shape)} in modules[0]"
+                )
+
+
+def fuse_modules(
+    modules: Sequence[nn.Module],
+    example_inputs: Any,
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    spec: PermutationSpec | None = None,
+    check: bool = True,
+    **options: Any,
+) -> nn.Module:
+    """Fuse modules of one architecture into a new module (:func:`gamfsolve.fuse` on their arrays).
+
+    The spec is derived from ``modules[0]`` (and checked) unless given. The result is a deep copy
+    of ``modules[0]`` holding the fused arrays; integer buffers come from ``modules[0]``; the
+    inputs are not modified. BatchNorm running statistics are averaged like the other arrays:
+    call :func:`reset_bn_stats` on the result when data is available.
+    """
+    _check_same(modules)
+    inputs = _inputs(example_inputs)
+    for k, m in enumerate(modules):
+        _device_check(m, inputs, f"modules[{k}]")
+    if spec is None:
+        spec = spec_from_module(modules[0], inputs, check=check)
+    arrays = [to_arrays(m) for m in modules]
+    fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
+    return from_arrays(modules[0], fused)
+
+
+def _batches(data: Any) -> Iterable[tuple]:
+    if isinstance(data, torch.Tensor):
+        yield (data,)
+        return
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            yield (batch,)
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            yield (batch[0],)
+        else:
+            raise FusionTypeError(f"data must yield tensors or (inputs, targets) pairs, got {type(batch).__name__}")
+
+
+def reset_bn_stats(module: nn.Module, data: Any, *, n_batches: int | None = None) -> nn.Module:
+    """A copy of ``module`` whose BatchNorm running statistics are recomputed from ``data``.
+
+    After fusion the averaged running means and variances no longer match the fused weights'
+    activations. This resets every BatchNorm layer, runs the copy with only those layers in
+    training mode (cumulative averages, momentum ``None``) over up to ``n_batches`` batches of
+    ``data`` (a tensor, or an iterable of tensors or ``(inputs, targets)`` pairs), and restores
+    each layer's mode and momentum. The input module is not modified; a module without
+    BatchNorm comes back as an unchanged copy.
+    """
+    if not isinstance(module, nn.Module):
+        raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    new = copy.deepcopy(module)
+    norms = [m for m in new.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return new
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    seen = 0
+    with _EvalMode(new), torch.no_grad():
+        for m in norms:
+            m.training = True
+        for batch in _batches(data):
+            if n_batches is not None and seen >= n_batches:
+                break
+            _device_check(new, batch)
+            new(*batch)
+            seen += 1
+    for m, momentum in saved:
+        m.momentum = momentum
+    if seen == 0:
+        raise FusionError("reset_bn_stats got no batches from data")
+    return new
