@@ -1,0 +1,285 @@
+"""Keras 3 adapter: named arrays, a derived :class:`~gamfsolve.PermutationSpec`, fused models.
+
+Works on Sequential and functional Keras 3 models on the **torch** backend (set
+``KERAS_BACKEND=torch`` before keras is first imported). Parameters are named
+``"<layer name>.<weight name>"`` (``"dense_1.kernel"``, ``"batch_normalization.moving_mean"``)
+and keep Keras' layouts: Dense ``(in, out)``, ConvND ``(*kernel, in, out)``, Flatten of
+``(H, W, C)`` channels last (``Blocks(group, outer=H*W)``).
+
+The spec is derived from the layer graph (see ``_keras_graph``): Dense, Conv1D/2D/3D,
+BatchNormalization and LayerNormalization open or follow permutation groups; Add-like merges
+share one group (a residual stream); Concatenate, Flatten, pooling, padding, dropout and
+activations are understood; any other layer keeps its inputs and outputs fixed. Every
+derived spec is checked by :func:`check_spec` unless ``check=False``.
+
+Examples
+--------
+>>> from gamfsolve.adapters import keras as gk            # doctest: +SKIP
+>>> fused = gk.fuse_models([model_a, model_b], method="gamf", seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+import gamfsolve
+from gamfsolve import FusionError, FusionTypeError, PermutationSpec
+
+from ._keras_graph import GraphInfo, walk
+
+__all__ = [
+    "check_spec",
+    "from_arrays",
+    "fuse_models",
+    "graph_info",
+    "load_model",
+    "save_model",
+    "spec_from_model",
+    "to_arrays",
+]
+
+
+def _require_torch_backend() -> None:
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise FusionError(
+            f"gamfsolve.adapters.keras needs Keras on the torch backend, but the active backend is "
+            f"{backend!r}; set the environment variable KERAS_BACKEND=torch before keras is first imported"
+        )
+
+
+def _check_model(model: Any, what: str = "model") -> None:
+    _require_torch_backend()
+    if not isinstance(model, keras.Model):
+        raise FusionTypeError(f"{what} must be a keras.Model, got {type(model).__name__}")
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise FusionError(
+            f"{what} {model.name!r} has no symbolic graph: use a Sequential model with an Input, or a "
+            "functional model (subclassed models cannot be walked)"
+        )
+
+
+def _named_variables(model: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, variable, top-level layer)`` for every float weight, in layer order."""
+    out: list[tuple[str, Any, Any]] = []
+    seen: set[int] = set()
+    for layer in model.layers:
+        for var in layer.weights:
+            if id(var) in seen or not str(var.dtype).startswith(("float", "bfloat")):
+                continue
+            seen.add(id(var))
+            parts = var.path.split("/")
+            tail = parts[parts.index(layer.name) + 1 :] if layer.name in parts else [var.name]
+            out.append((f"{layer.name}.{'.'.join(tail)}", var, layer))
+    names = [n for n, _, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FusionError(f"model {model.name!r} has several weights named {dup}; give its layers unique names")
+    return out
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        return x.detach().cpu().numpy()
+    return np.asarray(keras.ops.convert_to_numpy(x)) if keras.ops.is_tensor(x) else np.asarray(x)
+
+
+def to_arrays(model: Any) -> dict[str, np.ndarray]:
+    """The model's float weights as NumPy copies, ``{"dense_1.kernel": (in, out) array, ...}``."""
+    _check_model(model)
+    return {name: np.array(var.numpy()) for name, var, _ in _named_variables(model)}
+
+
+def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
+    """A new model with ``model``'s architecture and the weights in ``arrays``.
+
+    ``arrays`` must name every float weight of :func:`to_arrays` (NumPy or torch arrays of the
+    same shapes); other state is copied from ``model``. The input model is not modified and
+    the clone is not compiled.
+    """
+    _check_model(model)
+    source = _named_variables(model)
+    names = [n for n, _, _ in source]
+    unknown = sorted(set(arrays) - set(names))
+    missing = [n for n in names if n not in arrays]
+    if unknown or missing:
+        raise FusionError(
+            f"arrays do not match model {model.name!r}: unknown names {unknown}, missing names {missing}"
+        )
+    clone = keras.models.clone_model(model)
+    for src, dst in zip(model.weights, clone.weights, strict=True):
+        dst.assign(src.value)
+    for (name, _, layer), (_, var, _) in zip(source, _named_variables(clone), strict=True):
+        value = _to_numpy(arrays[name])
+        if tuple(value.shape) != tuple(var.shape):
+            raise FusionError(
+                f"layer {layer.name!r}: array {name!r} has shape {tuple(value.shape)}, expected {tuple(var.shape)}"
+            )
+        var.assign(value.astype(str(var.dtype), copy=False))
+    return clone
+
+
+def graph_info(model: Any) -> GraphInfo:
+    """The labelled layer graph (spec entries, weighted layers in graph order, flatten inputs)."""
+    _check_model(model)
+    return walk(model)
+
+
+def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> PermutationSpec:
+    """Derive the permutation spec of a Sequential or functional model from its layer graph.
+
+    Group names are the names of the layers that open them (``"dense"``, ``"conv2d_1"``); a
+    residual stream is named after its first layer. With ``check=True`` the spec is verified
+    by :func:`check_spec`.
+    """
+    info = graph_info(model)
+    axes = {}
+    for name, var, layer in _named_variables(model):
+        key = (layer.name, var.name)
+        axes[name] = info.entries[key] if key in info.entries else (None,) * len(var.shape)
+    spec = PermutationSpec(axes)
+    if check:
+        check_spec(model, spec, atol=atol)
+    return spec
+
+
+def _example_inputs(model: Any, rng: np.random.Generator) -> list[np.ndarray]:
+    out = []
+    for t in model.inputs:
+        shape = tuple(3 if i == 0 else (8 if d is None else d) for i, d in enumerate(t.shape))
+        if "int" in str(t.dtype):
+            out.append(np.zeros(shape, dtype=str(t.dtype)))
+        else:
+            out.append(rng.standard_normal(shape).astype(str(t.dtype)))
+    return out
+
+
+def _outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+    y = model(xs if len(xs) > 1 else xs[0], training=False)
+    return [np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64) for t in keras.tree.flatten(y)]
+
+
+def _max_change(model: Any, arrays: dict, spec: PermutationSpec, perms: dict, xs: list, ref: list) -> float:
+    moved = from_arrays(model, gamfsolve.permute(arrays, spec, perms))
+    return max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(_outputs(moved, xs), ref, strict=True))
+
+
+def _perturbed(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Weights plus noise, so zero biases or unit norm scales cannot hide a wrong entry."""
+    out = {}
+    for name, w in arrays.items():
+        scale = 0.2 * max(float(np.std(w)), 0.1)
+        v = w + scale * rng.standard_normal(w.shape)
+        out[name] = (np.abs(v) + 0.1 if name.endswith("moving_variance") else v).astype(w.dtype)
+    return out
+
+
+def _random_cycle(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation that moves every unit (one n-cycle), so no entry goes untested."""
+    order = rng.permutation(n)
+    p = np.empty(n, dtype=np.int64)
+    p[order] = np.roll(order, 1)
+    return p
+
+
+def check_spec(model: Any, spec: PermutationSpec, *, atol: float = 1e-5, seed: int = 0, perturb: bool = True) -> None:
+    """Check that permuting every group at random leaves the model's outputs unchanged.
+
+    Random inputs go through the model and through a copy whose weights are permuted by random
+    permutations of all groups (``training=False``); the outputs must agree within
+    ``atol * max(1, max|output|)``. With ``perturb=True`` both use the model's weights plus
+    noise (a fresh model's zero biases would hide a wrong bias entry). On failure each group
+    is tried alone, and the :class:`FusionError` names the groups that change the outputs.
+    """
+    _check_model(model)
+    rng = np.random.default_rng(seed)
+    arrays = to_arrays(model)
+    sizes = spec.group_sizes({k: v.shape for k, v in arrays.items()})
+    if not sizes:
+        return
+    if perturb:
+        arrays = _perturbed(arrays, rng)
+        model = from_arrays(model, arrays)
+    xs = _example_inputs(model, rng)
+    ref = _outputs(model, xs)
+    tol = atol * max(1.0, max(float(np.max(np.abs(r), initial=0.0)) for r in ref))
+    perms = {g: _random_cycle(n, rng) for g, n in sizes.items()}
+    err = _max_change(model, arrays, spec, perms, xs, ref)
+    if err <= tol:
+        return
+    identity = {g: np.arange(n) for g, n in sizes.items()}
+    bad = [g for g in sizes if _max_change(model, arrays, spec, {**identity, g: perms[g]}, xs, ref) > tol]
+    where = {g: sorted({n.rsplit(".", 1)[0] for n, _ in spec.users(g)}) for g in bad}
+    raise FusionError(
+        f"the spec does not preserve model {model.name!r}: a random permutation changes its outputs by "
+        f"{err:.3g} (tolerance {tol:.3g}); groups that break it alone, with their layers: {where or 'none alone'}"
+    )
+
+
+def _aligned(template: Any, model: Any, k: int) -> dict[str, np.ndarray]:
+    """``model``'s arrays under ``template``'s names, after checking the architectures match."""
+    _check_model(model, f"models[{k}]")
+    a, b = _named_variables(template), _named_variables(model)
+    if len(a) != len(b):
+        raise FusionError(f"models[{k}] has {len(b)} weights, models[0] has {len(a)}: not the same architecture")
+    out = {}
+    for (name, var, layer), (other, ovar, olayer) in zip(a, b, strict=True):
+        if type(layer) is not type(olayer) or tuple(var.shape) != tuple(ovar.shape):
+            raise FusionError(
+                f"models[{k}] weight {other!r} ({type(olayer).__name__}, shape {tuple(ovar.shape)}) does not "
+                f"match models[0] weight {name!r} ({type(layer).__name__}, shape {tuple(var.shape)})"
+            )
+        out[name] = np.array(ovar.numpy())
+    return out
+
+
+def fuse_models(
+    models: Sequence[Any],
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    **options: Any,
+) -> Any:
+    """Fuse Keras models of one architecture into one model (see :func:`gamfsolve.fuse`).
+
+    The spec is derived from ``models[0]`` (and checked); weights are matched by position, so
+    layer names may differ between the models. Returns a new, uncompiled model shaped like
+    ``models[0]``. BatchNormalization statistics are averaged like the other weights.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise FusionError(f"fuse_models needs at least two models, got {len(models)}")
+    template = models[0]
+    spec = spec_from_model(template)
+    arrays = [_aligned(template, m, k) for k, m in enumerate(models)]
+    fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
+    return from_arrays(template, fused)
+
+
+def _keras_path(path: str | os.PathLike[str]) -> str:
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise FusionError(f"expected a .keras file, got {path!r}")
+    return path
+
+
+def load_model(path: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None) -> Any:
+    """Load a ``.keras`` file with ``safe_mode=True`` (no arbitrary code from lambdas)."""
+    _require_torch_backend()
+    return keras.saving.load_model(_keras_path(path), custom_objects=custom_objects, safe_mode=True)
+
+
+def save_model(model: Any, path: str | os.PathLike[str]) -> None:
+    """Save a model to a ``.keras`` file."""
+    _check_model(model)
+    keras.saving.save_model(model, _keras_path(path))
