@@ -1,0 +1,163 @@
+"""``gamfsolve demo``: train small MLPs, fuse them by every method, print and plot the comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from ._cli_common import EXIT_USAGE, EXIT_WRITE, CliError
+
+__all__ = ["METHOD_ORDER", "MethodRow", "run_demo"]
+
+#: Display order: the baselines first, GAMF last.
+METHOD_ORDER = ("average", "ot", "weight_matching", "gamf")
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One fusion method's outcome in the demo."""
+
+    method: str
+    accuracy: float
+    time: float
+    n_iter: int
+    converged: bool
+
+
+def _methods() -> list[str]:
+    from . import METHODS
+
+    known = [m for m in METHOD_ORDER if m in METHODS]
+    return known + sorted(m for m in METHODS if m not in known)
+
+
+def _load(data: str | None, seed: int) -> tuple[Any, Any]:
+    from . import datasets
+    from ._errors import FusionError
+
+    try:
+        ds = datasets.load_images(data)
+    except (FusionError, OSError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    n_train = min(8000, int(0.8 * len(ds.y)))
+    return ds.split(n_train, min(2000, len(ds.y) - n_train), seed=seed)
+
+
+def _table(indiv: list[float], ens: float, rows: list[MethodRow], n: int) -> str:
+    lines = [f"{'model':<30} {'accuracy':>9} {'time':>10} {'iters':>6}", "-" * 58]
+    lines += [f"{f'model {k} (1x size)':<30} {a:>8.2f}% {'':>10} {'':>6}" for k, a in enumerate(indiv)]
+    lines.append(f"{f'prediction ensemble ({n}x size)':<30} {ens:>8.2f}% {'':>10} {'':>6}")
+    for r in rows:
+        it = f"{r.n_iter}" + ("" if r.converged else "*")
+        lines.append(f"{f'fused: {r.method} (1x size)':<30} {r.accuracy:>8.2f}% {r.time * 1e3:>8.1f}ms {it:>6}")
+    if any(not r.converged for r in rows):
+        lines.append("* stopped at its iteration limit without converging")
+    return "\n".join(lines)
+
+
+def _figure(path: Path, indiv: list[float], ens: float, rows: list[MethodRow], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+    names = [f"model {k}" for k in range(len(indiv))] + ["ensemble"] + [r.method for r in rows]
+    accs = [*indiv, ens, *(r.accuracy for r in rows)]
+    colors = ["0.6"] * len(indiv) + ["0.3"] + [f"C{i}" for i in range(len(rows))]
+    ax.bar(names, accs, color=colors)
+    ax.axhline(max(indiv), color="0.5", ls="--", lw=1, label="best single model")
+    ax.set_ylim(max(0.0, min(accs) - 10), 100)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(loc="lower right", fontsize=8)
+    for i, a in enumerate(accs):
+        ax.text(i, a + 0.3, f"{a:.1f}", ha="center", fontsize=7)
+    bx.bar([r.method for r in rows], [max(r.time, 1e-6) * 1e3 for r in rows], color=colors[len(indiv) + 1 :])
+    bx.set_yscale("log")
+    bx.set_ylabel("matching time (ms, log scale)")
+    bx.set_title("time to match", fontsize=10)
+    bx.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Train ``args.models`` MLPs, fuse them by every method, print a table, write a figure."""
+    try:
+        import torch
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        raise CliError(
+            f"the demo needs the torch and examples extras: pip install 'gamfsolve[torch,examples]' ({exc})"
+        ) from exc
+    if args.models < 2:
+        raise CliError(f"--models must be at least 2, got {args.models}")
+    import gamfsolve
+
+    from . import _demo, datasets
+
+    start = perf_counter()
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {out}: {exc}", EXIT_WRITE) from exc
+    train, test = _load(args.data, args.seed)
+    side = train.x.shape[1]
+    print(f"data: {train.name}, {len(train.y)} training and {len(test.y)} held-out images of {side}x{side}")
+    shares = datasets.equal_split(len(train.y), args.models, seed=args.seed)
+    models = []
+    for k in tqdm(range(args.models), desc="training", unit="model", file=sys.stderr):
+        part = train.subset(shares[k])
+        model = _demo.build("mlp", side, train.n_classes, seed=args.seed * 1000 + k)
+        models.append(_demo.train(model, part.x, part.y, epochs=args.epochs, seed=args.seed * 1000 + k))
+    indiv = [_demo.accuracy(m, test.x, test.y) for m in models]
+    ens = _demo.ensemble_accuracy(models, test.x, test.y)
+
+    spec = _demo.spec_for("mlp", side)
+    arrays = [_demo.to_arrays(m) for m in models]
+    rows = []
+    for method in tqdm(_methods(), desc="fusing", unit="method", file=sys.stderr):
+        result = gamfsolve.match(arrays, spec, method=method, seed=args.seed)
+        fused = _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, result))
+        acc = _demo.accuracy(fused, test.x, test.y)
+        rows.append(MethodRow(method, acc, result.time, result.n_iter, result.converged))
+
+    hidden = "-".join(str(s) for s in (side * side, 256, 256, train.n_classes))
+    title = f"{args.models} MLPs {hidden} on equal shares of {len(train.y)} {train.name} images"
+    print(f"\n{title}, one-shot fusion (no finetuning)\n")
+    print(_table(indiv, ens, rows, args.models))
+    record = {
+        "dataset": train.name,
+        "n_train": len(train.y),
+        "n_test": len(test.y),
+        "n_models": args.models,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "individual": indiv,
+        "prediction_ensemble": ens,
+        "fused": [asdict(r) for r in rows],
+        "total_seconds": None,
+    }
+    try:
+        _figure(out / "demo.png", indiv, ens, rows, title)
+        record["total_seconds"] = round(perf_counter() - start, 2)
+        (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write to {out}: {exc}", EXIT_WRITE) from exc
+    best = max(rows, key=lambda r: r.accuracy)
+    print(
+        f"\nbest fusion: {best.method} at {best.accuracy:.2f}% (best single model {max(indiv):.2f}%, "
+        f"ensemble of {args.models} {ens:.2f}%)"
+    )
+    print(f"wrote {out / 'demo.png'} and {out / 'results.json'} in {perf_counter() - start:.1f} s")
+    return 0
