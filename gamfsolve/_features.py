@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._permute import _segment_lengths, apply_maps
+from ._permute import _segment_lengths, apply_maps, run_sizes
 from ._spec import PermutationSpec, segments_of
 
 __all__ = ["Feature", "color_groups", "edge_dims", "unit_features"]
@@ -38,15 +38,16 @@ def edge_dims(shape: tuple[int, ...], entries: tuple[Any, ...]) -> int:
     return math.prod(s for s, e in zip(shape, entries, strict=True) if e is None)
 
 
-def _unit_slice(x: Array, axis: int, entry: Any, group: str, n: int, xp: Any) -> Array:
+def _unit_slice(x: Array, axis: int, entry: Any, group: str, sizes: Mapping[str, int], xp: Any) -> Array:
     """Move ``group``'s units of ``axis`` to the front: ``(n, outer, inner, *other axes)``."""
     moved = xp.moveaxis(x, axis, 0)
     segs = segments_of(entry)
-    lengths = _segment_lengths(segs, moved.shape[0], {s.group: n for s in segs if s.group is not None})
+    n = sizes[group]
+    lengths = _segment_lengths(segs, moved.shape[0], run_sizes(segs, moved.shape[0], sizes))
     offset = 0
     for seg, length in zip(segs, lengths, strict=True):
         if seg.group == group:
-            part = xp.reshape(moved[offset : offset + length], (seg.outer, n, seg.inner, *moved.shape[1:]))
+            part = xp.reshape(moved[offset : offset + length, ...], (seg.outer, n, seg.inner, *moved.shape[1:]))
             return xp.moveaxis(part, 1, 0)
         offset += length
     raise AssertionError(f"group {group!r} not on this axis")  # the spec guarantees it is
@@ -56,7 +57,7 @@ def unit_features(
     params: Mapping[str, Array],
     spec: PermutationSpec,
     group: str,
-    n: int,
+    sizes: Mapping[str, int],
     maps: Mapping[str, Array],
     xp: Any,
     *,
@@ -65,8 +66,10 @@ def unit_features(
     """Features ``(n, E, D)`` of ``group``'s units, other axes mapped by ``maps``.
 
     ``maps[h]`` is an index vector or an ``(n_h, n_h)`` soft plan (see ``apply_maps``).
-    ``only``, if given, restricts to those parameter names.
+    ``sizes`` holds the unit count of every group; ``only``, if given, restricts to those
+    parameter names.
     """
+    n = sizes[group]
     out = []
     for name, axis in spec.users(group):
         if only is not None and name not in only:
@@ -74,7 +77,7 @@ def unit_features(
         entries = spec.axes[name]
         x = apply_maps(params[name], entries, maps, xp, skip=axis)
         d = edge_dims(tuple(x.shape), entries)
-        units = _unit_slice(x, axis, entries[axis], group, n, xp)
+        units = _unit_slice(x, axis, entries[axis], group, sizes, xp)
         # units: (n, outer, inner, *rest); rest = other axes in order; fixed ones go last when D > 1
         rest = [a for a in range(x.ndim) if a != axis]
         if d > 1:

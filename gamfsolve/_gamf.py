@@ -60,11 +60,11 @@ class _Problem:
 
     def scores(self, k: int, group: str, maps: list[Maps]) -> Array:
         """Standardised gradient ``R_g^(k)`` (Alg. 1 line 5; Alg. 2 line 6)."""
-        xp, n = self.xp, self.sizes[group]
-        own = unit_features(self.models[k], self.spec, group, n, maps[k], xp)
+        xp = self.xp
+        own = unit_features(self.models[k], self.spec, group, self.sizes, maps[k], xp)
         total = None
         for j in self.partners(k):
-            other = unit_features(self.models[j], self.spec, group, n, maps[j], xp)
+            other = unit_features(self.models[j], self.spec, group, self.sizes, maps[j], xp)
             a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
             term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
             total = term if total is None else total + term

@@ -48,10 +48,10 @@ def _ot(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: C
     for g in spec.groups:
         n = sizes[g]
         only = _incoming(spec, g, solved)
-        ref = _flat(unit_features(models[0], spec, g, n, {}, xp, only=only), n, xp)
+        ref = _flat(unit_features(models[0], spec, g, sizes, {}, xp, only=only), n, xp)
         costs = []
         for k in range(1, len(models)):
-            x = _flat(unit_features(models[k], spec, g, n, maps[k], xp, only=only), n, xp)
+            x = _flat(unit_features(models[k], spec, g, sizes, maps[k], xp, only=only), n, xp)
             sq = xp.sum(x * x, axis=1)[:, None] + xp.sum(ref * ref, axis=1)[None, :] - 2.0 * (x @ ref.T)
             costs.append(-xp.sqrt(xp.clip(sq, 0.0, None)))
         for k, p in enumerate(hungarian(costs, xp), start=1):

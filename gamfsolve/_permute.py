@@ -20,6 +20,19 @@ def _segment_lengths(segs: tuple[Segment, ...], length: int, sizes: Mapping[str,
     return [s.outer if s.group is None else s.outer * sizes[s.group] * s.inner for s in segs]
 
 
+def run_sizes(segs: tuple[Segment, ...], length: int, known: Mapping[str, int]) -> dict[str, int]:
+    """Unit counts of the groups on one axis, inferring at most one unknown from the axis length."""
+    sizes = {s.group: known[s.group] for s in segs if s.group is not None and s.group in known}
+    missing = {s.group for s in segs if s.group is not None and s.group not in sizes}
+    if len(missing) > 1:
+        raise FusionError(f"cannot infer the sizes of groups {sorted(missing)} sharing one axis")
+    if missing:
+        g = missing.pop()
+        fixed = sum(s.outer if s.group is None else s.outer * sizes[s.group] * s.inner for s in segs if s.group != g)
+        sizes[g] = (length - fixed) // sum(s.outer * s.inner for s in segs if s.group == g)
+    return sizes
+
+
 def axis_index(entry: AxisEntry, length: int, perms: Mapping[str, Array], xp: Any, dev: Any) -> Array | None:
     """Index vector that reorders an axis of ``length`` by ``perms``; None if the axis is fixed.
 
@@ -51,7 +64,7 @@ def _apply_plan(x: Array, axis: int, entry: AxisEntry, plans: Mapping[str, Array
     segs = segments_of(entry)
     moved = xp.moveaxis(x, axis, -1)
     lead = moved.shape[:-1]
-    sizes = {s.group: plans[s.group].shape[0] for s in segs if s.group is not None}
+    sizes = run_sizes(segs, moved.shape[-1], {g: p.shape[0] for g, p in plans.items()})
     out = []
     offset = 0
     for seg, seg_len in zip(segs, _segment_lengths(segs, moved.shape[-1], sizes), strict=True):
@@ -83,7 +96,7 @@ def apply_maps(
         present = {g: maps[g] for g in groups if g in maps}
         if not present:
             continue
-        if all(m.ndim == 1 for m in present.values()) and len(present) == len(groups):
+        if all(m.ndim == 1 for m in present.values()) and len(present) == len(set(groups)):
             idx = axis_index(entry, x.shape[a], present, xp, dev)
             x = xp.take(x, idx, axis=a)
         else:

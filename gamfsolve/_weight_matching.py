@@ -26,12 +26,13 @@ __all__ = ["align_to"]
 Array = Any
 
 
-def _gain(x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec, group: str, n: int,
+def _gain(x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec, group: str,
+          sizes: Mapping[str, int],
           maps: Mapping[str, Array], xp: Any) -> Array:
     """``C[b, a] = sum_f <x_f[b], target_f[a]>``: model unit ``b`` against target unit ``a``."""
-    own = unit_features(x, spec, group, n, maps, xp)
-    ref = unit_features(target, spec, group, n, {}, xp)
-    total = None
+    own = unit_features(x, spec, group, sizes, maps, xp)
+    ref = unit_features(target, spec, group, sizes, {}, xp)
+    n, total = sizes[group], None
     for a, b in zip(own, ref, strict=True):
         term = xp.reshape(a.x, (n, -1)) @ xp.reshape(b.x, (n, -1)).T
         total = term if total is None else total + term
@@ -46,7 +47,7 @@ def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutat
         changed = False
         for g in rng.permutation(list(sizes)):
             g = str(g)
-            (new,) = hungarian([_gain(x, target, spec, g, sizes[g], maps, xp)], xp)
+            (new,) = hungarian([_gain(x, target, spec, g, sizes, maps, xp)], xp)
             if not np.array_equal(to_host(new), to_host(maps[g])):
                 maps[g], changed = new, True
         if not changed:

@@ -1,0 +1,27 @@
+"""Importing gamfsolve loads no deep-learning framework, GPU library or JIT compiler."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_import_is_light():
+    code = (
+        "import sys, gamfsolve, gamfsolve.adapters; "
+        "heavy = [m for m in ('torch', 'keras', 'cupy', 'numba', 'tensorflow', 'flwr', 'jax') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_adapters_live_under_gamfsolve(tmp_path):
+    # Run outside the source tree, where the folder adapters/ is not on the path.
+    code = (
+        "import importlib.util as u; "
+        "assert u.find_spec('gamfsolve.adapters') is not None; "
+        "assert u.find_spec('adapters') is None, 'top-level adapters module'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,124 @@
+"""The solver contract, run against every method: permutations out, recovery of planted ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_numpy
+from nets import conv_chain, mlp, noisy, random_perms, residual
+
+import gamfsolve as g
+
+METHODS = ["gamf", "weight_matching", "ot", "average"]
+ALIGNERS = ["gamf", "weight_matching", "ot"]
+NETS = {
+    "mlp": lambda rng: mlp([6, 12, 10, 3], rng),
+    "conv": lambda rng: conv_chain([2, 6, 5], rng),
+    "residual": lambda rng: residual(5, 8, 7, 2, rng),
+}
+
+
+def _copies(net: str, n_models: int, seed: int = 0, level: float = 0.0):
+    rng = np.random.default_rng(seed)
+    base, spec, forward = NETS[net](rng)
+    perms = [random_perms(spec, base, rng) for _ in range(n_models)]
+    models = [noisy(g.permute(base, spec, p), level, rng) if level else g.permute(base, spec, p) for p in perms]
+    return base, spec, forward, models, perms
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n_models", [2, 3, 5])
+def test_contract(method, n_models):
+    rng = np.random.default_rng(n_models)
+    models = [mlp([6, 9, 8, 3], rng)[0] for _ in range(n_models)]
+    spec = g.mlp_spec(3)
+    result = g.match(models, spec, method=method, seed=0)
+    assert result.method == method and result.n_models == n_models and result.time >= 0
+    assert set(result.perms) == {"h0", "h1"}
+    for grp, n in (("h0", 9), ("h1", 8)):
+        for p in result.perms[grp]:
+            assert np.array_equal(np.sort(to_numpy(p)), np.arange(n))
+    fused = g.fuse(models, spec, method=method, seed=0)
+    assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in models[0].items()}
+
+
+@pytest.mark.parametrize("method", ALIGNERS)
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("n_models", [2, 3])
+def test_fusing_permuted_copies_returns_the_model(method, net, n_models):
+    base, spec, forward, models, _ = _copies(net, n_models)
+    fused = g.fuse(models, spec, method=method, seed=0)
+    aligned_to = models[0] if method == "ot" or n_models == 2 else None
+    x = np.random.default_rng(9).normal(size=(4, 2, 4, 4) if net == "conv" else (4, models[0][next(iter(models[0]))].shape[-1]))
+    # The fused model is the base model in some unit order: it computes the same function.
+    np.testing.assert_allclose(forward(fused, x), forward(base, x), rtol=1e-9, atol=1e-9)
+    if aligned_to is not None:
+        for k in fused:
+            np.testing.assert_allclose(fused[k], aligned_to[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ALIGNERS)
+def test_cycle_consistency_and_recovery_with_noise(method):
+    _, spec, _, models, perms = _copies("mlp", 3, seed=4, level=0.05)
+    result = g.match(models, spec, method=method, seed=0)
+    for grp in spec.groups:
+        p = [to_numpy(x) for x in result.perms[grp]]
+        # model k's unit p[k][u] and model j's unit p[j][u] are matched; planted truth says both are
+        # the base unit perms[k][p[k][u]] == perms[j][p[j][u]]
+        for k in range(3):
+            for j in range(3):
+                assert np.array_equal(perms[k][grp][p[k]], perms[j][grp][p[j]])
+
+
+def test_gamf_converges_and_reports():
+    _, spec, _, models, _ = _copies("mlp", 2, seed=1, level=0.1)
+    result = g.match(models, spec, method="gamf", seed=0)
+    assert result.converged and result.n_iter > 1 and result.objective
+    assert 0 < result.objective[-1] <= 1 and "Hungarian" in result.message
+    assert result.info["universe"] is False
+    assert g.match(models, spec, method="gamf", universe=True, seed=0).info["universe"] is True
+
+
+@pytest.mark.parametrize("options", [{"affinity": "node"}, {"init": "identity"}, {"init": "random"},
+                                     {"init": "weight_matching"}, {"universe": True}, {"sigma": 0.5}])
+def test_gamf_options_recover_planted(options):
+    _, spec, _, models, perms = _copies("mlp", 2, seed=2, level=0.05)
+    result = g.match(models, spec, method="gamf", seed=0, **options)
+    for grp in spec.groups:
+        p0, p1 = (to_numpy(x) for x in result.perms[grp])
+        assert np.array_equal(perms[0][grp][p0], perms[1][grp][p1])
+
+
+def test_seed_makes_runs_reproducible():
+    rng = np.random.default_rng(3)
+    models = [mlp([6, 9, 8, 3], rng)[0] for _ in range(3)]
+    a = g.match(models, g.mlp_spec(3), method="gamf", init="random", seed=5)
+    b = g.match(models, g.mlp_spec(3), method="gamf", init="random", seed=5)
+    for grp in a.perms:
+        for x, y in zip(a.perms[grp], b.perms[grp], strict=True):
+            assert np.array_equal(x, y)
+
+
+def test_weights_are_used_by_merge():
+    rng = np.random.default_rng(0)
+    models = [mlp([3, 4, 2], rng)[0] for _ in range(2)]
+    fused = g.fuse(models, g.mlp_spec(2), method="average", weights=[3, 1])
+    np.testing.assert_allclose(fused["layers.1.bias"], 0.75 * models[0]["layers.1.bias"] + 0.25 * models[1]["layers.1.bias"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_kept(dtype):
+    _, spec, _, models, _ = _copies("mlp", 2)
+    models = [{k: v.astype(dtype) for k, v in m.items()} for m in models]
+    fused = g.fuse(models, spec, method="gamf", seed=0)
+    assert all(v.dtype == dtype for v in fused.values())
+
+
+def test_unknown_method_and_option():
+    _, spec, _, models, _ = _copies("mlp", 2)
+    with pytest.raises(g.FusionError, match="unknown method 'gmaf'"):
+        g.match(models, spec, method="gmaf")
+    with pytest.raises(g.FusionError, match="valid options"):
+        g.match(models, spec, method="gamf", temperature=1.0)
+    with pytest.raises(g.FusionError, match="affinity"):
+        g.match(models, spec, method="gamf", affinity="l4")
