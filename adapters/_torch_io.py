@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import nn
 
 from gamfsolve import FusionError, FusionTypeError
 
-__all__ = ["aliases", "from_arrays", "load_state", "save_state", "to_arrays"]
+__all__ = ["aliases", "deepcopy", "from_arrays", "load_state", "save_state", "to_arrays"]
 
 
 def _check_module(module: Any, what: str = "module") -> nn.Module:
@@ -67,12 +68,19 @@ def from_arrays(module: nn.Module, arrays: Mapping[str, Any]) -> nn.Module:
         shape = tuple(getattr(arrays[name], "shape", ()))
         if shape != tuple(ref.shape):
             raise FusionError(f"array {name!r} has shape {shape}, the module expects {tuple(ref.shape)}")
-    new = copy.deepcopy(module)
+    new = deepcopy(module)
     state = new.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, value in arrays.items():
             state[name].copy_(torch.as_tensor(value))
     return new
+
+
+def deepcopy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy``, silencing a deprecation torch itself triggers when copying exported modules."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return copy.deepcopy(module)
 
 
 def _factory(spec: str) -> nn.Module:

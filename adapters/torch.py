@@ -16,7 +16,6 @@ Example
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 
-from ._torch_io import aliases, from_arrays, load_program, load_state, save_state, to_arrays
+from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
 from ._torch_trace import derive_spec, trace_export, trace_fx
 
 __all__ = [
@@ -142,10 +141,14 @@ def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
                 return trace_export(module, inputs), None
             except Exception as export_error:
                 raise FusionError(
-                    f"cannot trace {type(module).__name__}: torch.fx failed ({type(fx_error).__name__}: "
-                    f"{fx_error}) and torch.export failed ({type(export_error).__name__}: {export_error}); "
-                    "write the PermutationSpec by hand"
+                    f"cannot trace {type(module).__name__}: torch.fx failed ({_first_line(fx_error)}) and "
+                    f"torch.export failed ({_first_line(export_error)}); write the PermutationSpec by hand"
                 ) from export_error
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _outputs(value: Any) -> list[torch.Tensor]:
@@ -175,7 +178,7 @@ def check_spec(
     """
     inputs = _inputs(example_inputs)
     _device_check(module, inputs)
-    model = copy.deepcopy(module).eval()
+    model = deepcopy(module).eval()
     arrays = to_arrays(model)
     sizes = spec.group_sizes({k: tuple(v.shape) for k, v in arrays.items()})
     rng = np.random.default_rng(seed)
@@ -273,7 +276,7 @@ def reset_bn_stats(module: nn.Module, data: Any, *, n_batches: int | None = None
     """
     if not isinstance(module, nn.Module):
         raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    new = copy.deepcopy(module)
+    new = deepcopy(module)
     norms = [m for m in new.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return new
