@@ -164,7 +164,9 @@ def _builtin_activation(layer: Any) -> bool:
 
 def _scalar_args(node: Any) -> bool:
     """True if every argument of an op node is a Keras tensor or a Python number."""
-    args = list(node.arguments.args) + list(node.arguments.kwargs.values())
+    import keras
+
+    args = keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
     tensors = {id(t) for t in node.input_tensors}
     return all(id(a) in tensors or isinstance(a, (int, float)) for a in args)
 

@@ -90,13 +90,13 @@ def _named_variables(model: Any) -> list[tuple[str, Any, Any]]:
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor
         return x.detach().cpu().numpy()
-    return np.asarray(keras.ops.convert_to_numpy(x)) if keras.ops.is_tensor(x) else np.asarray(x)
+    return np.asarray(x)
 
 
 def to_arrays(model: Any) -> dict[str, np.ndarray]:
     """The model's float weights as NumPy copies, ``{"dense_1.kernel": (in, out) array, ...}``."""
     _check_model(model)
-    return {name: np.array(var.numpy()) for name, var, _ in _named_variables(model)}
+    return {name: np.array(_to_numpy(var.value)) for name, var, _ in _named_variables(model)}
 
 
 def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
@@ -115,7 +115,13 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
         raise FusionError(
             f"arrays do not match model {model.name!r}: unknown names {unknown}, missing names {missing}"
         )
-    clone = keras.models.clone_model(model)
+    try:
+        clone = keras.models.clone_model(model)
+    except (TypeError, ValueError) as exc:
+        raise FusionError(
+            f"cannot clone model {model.name!r} ({exc}); register custom layers and functions with "
+            "keras.saving.register_keras_serializable"
+        ) from exc
     for src, dst in zip(model.weights, clone.weights, strict=True):
         dst.assign(src.value)
     for (name, _, layer), (_, var, _) in zip(source, _named_variables(clone), strict=True):
@@ -165,7 +171,7 @@ def _example_inputs(model: Any, rng: np.random.Generator) -> list[np.ndarray]:
 
 def _outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
     y = model(xs if len(xs) > 1 else xs[0], training=False)
-    return [np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64) for t in keras.tree.flatten(y)]
+    return [_to_numpy(t).astype(np.float64) for t in keras.tree.flatten(y)]
 
 
 def _max_change(model: Any, arrays: dict, spec: PermutationSpec, perms: dict, xs: list, ref: list) -> float:
@@ -238,7 +244,7 @@ def _aligned(template: Any, model: Any, k: int) -> dict[str, np.ndarray]:
                 f"models[{k}] weight {other!r} ({type(olayer).__name__}, shape {tuple(ovar.shape)}) does not "
                 f"match models[0] weight {name!r} ({type(layer).__name__}, shape {tuple(var.shape)})"
             )
-        out[name] = np.array(ovar.numpy())
+        out[name] = np.array(_to_numpy(ovar.value))
     return out
 
 
