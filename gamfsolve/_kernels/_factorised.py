@@ -1,0 +1,172 @@
+"""The factorised edge affinity: a short feature map, so ``R`` is one matrix product.
+
+For scalar edges, with ``p = (x - c) / sqrt(sigma)`` and ``q = (y - c) / sqrt(sigma)`` (the same
+centre ``c`` on both sides leaves ``x - y`` unchanged),
+
+    exp(-(p - q)^2) = exp(-p^2) exp(-q^2) sum_t (2 p q)^t / t!
+
+is a sum of separable terms. The truncated Taylor series needs about ``2 B^2 + 6 sqrt(B^2)``
+terms for ``|p|, |q| <= B`` (``B = 3`` already needs 45), because it expands about one point.
+The kernel here keeps the idea, a separable sum, but uses the best short sum it can find:
+interpolate ``k(p, q)`` in both arguments at ``Q`` Chebyshev points of ``[-B, B]``, giving
+``k ~ T(p/B)^T C T(q/B)`` with ``T`` the Chebyshev polynomials, then keep the ``r`` leading
+eigenpairs of the symmetric ``C = V L V^T``. Features ``phi(p) = T(p/B) V_r L_r^(1/2)``,
+
+    R[a, b] ~ sum_e phi(p[a, e]) . phi(q[b, e]) = (Phi_x @ Phi_y^T)[a, b],   Phi: (n, E * r).
+
+``r`` grows about linearly in ``B`` (6 at ``B = 0.5``, 12 at 1.5, 20 at 3, 31 at 5 for
+``1e-7``) where the Taylor series grows quadratically (8, 20, 45, 92). ``Q`` and ``r`` are
+chosen per ``(B, tol)`` by checking the error of the short sum on a dense grid of ``[-B, B]^2``
+(``max |phi(p).phi(q) - k(p, q)| <= tol / 2`` there); the basis is cached.
+
+Error control: per edge at most ``tol``, so ``|R~ - R| <= E * tol`` entrywise. The caller asks
+for ``|R~ - R| <= rtol * max|R|``: the first pass takes ``tol = rtol / 4`` and, if the result has
+``max R < E / 4`` (widely spread weights), one more pass with the tolerance the computed
+``max R`` calls for. When the rank would exceed ``MAX_RANK`` there is no accurate short map and
+the caller falls back to an exact kernel.
+
+Cost: features ``2 (n + m) E Q`` flops (Chebyshev recurrence) plus ``2 (n + m) E Q r`` (basis
+change); the product ``2 n m E r`` flops at matrix-multiply speed (about 100x the rate of
+``exp`` on a CPU). Memory ``(n + m) E r`` numbers. Works on every array-API backend.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from .._xp import device
+
+__all__ = ["MAX_RANK", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
+
+Array = Any
+MAX_RANK = 64  # beyond this a short map stops paying (and the grid check gets slow)
+_MAX_NODES = 160
+
+
+def bound_key(b: float) -> float:
+    """Round a bound up to the grid ``2^(k/8)`` (9 % steps) so bases are shared and cached."""
+    if not b > 2.0**-12:
+        return 2.0**-12
+    return 2.0 ** (math.ceil(math.log2(b) * 8.0 - 1e-9) / 8.0)
+
+
+def tol_key(tol: float) -> float:
+    """Round a tolerance down to the grid ``10^(k/4)``."""
+    return 10.0 ** (math.floor(math.log10(tol) * 4.0 + 1e-9) / 4.0)
+
+
+def _cheb(t: np.ndarray, q: int) -> np.ndarray:
+    """``T_0 .. T_{q-1}`` at ``t`` (values in [-1, 1]) as an array ``(len(t), q)``."""
+    out = np.empty((t.size, q))
+    out[:, 0] = 1.0
+    if q > 1:
+        out[:, 1] = t
+    for k in range(2, q):
+        out[:, k] = 2.0 * t * out[:, k - 1] - out[:, k - 2]
+    return out
+
+
+def _try_nodes(b: float, q: int, tol: float, grid: np.ndarray, exact: np.ndarray) -> np.ndarray | None:
+    """The smallest-rank basis ``(q, r)`` from ``q`` Chebyshev nodes meeting ``tol / 2`` on ``grid``.
+
+    On the grid, error <= (error of the full rank-``q`` interpolant, measured) + (sum of the
+    dropped ``|lambda_k| max_g (v_k . T(g))^2``, a bound on what truncation adds).
+    """
+    nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)  # Chebyshev points of the first kind on [-1, 1]
+    vals = np.exp(-((b * (nodes[:, None] - nodes[None, :])) ** 2))
+    to_coef = 2.0 / q * _cheb(nodes, q).T  # values at the nodes -> Chebyshev coefficients
+    to_coef[0] /= 2.0
+    coef = to_coef @ vals @ to_coef.T
+    lam, vec = np.linalg.eigh((coef + coef.T) / 2.0)
+    order = np.argsort(-lam)
+    lam, vec = lam[order], vec[:, order]
+    proj = _cheb(grid / b, q) @ vec  # (G, q)
+    interp = float(np.max(np.abs((proj * lam) @ proj.T - exact)))
+    if interp > tol / 4.0:
+        return None
+    dropped = np.abs(lam) * np.max(proj * proj, axis=0)
+    tail = np.concatenate([np.cumsum(dropped[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r}
+    ok = np.nonzero(interp + tail <= tol / 2.0)[0]
+    r = max(1, int(ok[0]))
+    if r > MAX_RANK or np.any(lam[:r] <= 0.0):
+        return None
+    return vec[:, :r] * np.sqrt(lam[:r])
+
+
+def max_bound(max_rank: int) -> float:
+    """Largest ``B`` worth trying for a rank budget (measured: ``r ~ 5 B + 4`` at ``1e-7``)."""
+    return max(0.5, (max_rank - 2.0) / 5.0)
+
+
+@lru_cache(maxsize=256)
+def basis(b: float, tol: float) -> np.ndarray | None:
+    """``W`` ``(Q, r)``, float64: ``exp(-(p - q)^2) ~ T(p/b) W W^T T(q/b)`` within ``tol`` on ``[-b, b]^2``.
+
+    None when no basis of rank ``<= MAX_RANK`` reaches ``tol``.
+    """
+    if b > max_bound(MAX_RANK) * 1.2:
+        return None
+    grid = np.linspace(-b, b, 48 + int(48 * math.ceil(b)))
+    exact = np.exp(-((grid[:, None] - grid[None, :]) ** 2))
+    q = 8 + math.ceil(5.0 * b)
+    while q <= _MAX_NODES:
+        w = _try_nodes(b, q, tol, grid, exact)
+        if w is not None:
+            return w
+        q += 2 + q // 8
+    return None
+
+
+def plan_bound(x: Array, y: Array, sigma: float, xp: Any) -> tuple[Array, float]:
+    """Per-edge centre ``c`` ``(E,)`` (mid-range over both inputs) and ``B = max |p|, |q|``."""
+    hi = xp.maximum(xp.max(x, axis=0), xp.max(y, axis=0))
+    lo = xp.minimum(xp.min(x, axis=0), xp.min(y, axis=0))
+    centre = (hi + lo) / 2.0
+    half = float(xp.max(hi - lo)) / 2.0
+    return centre, half / math.sqrt(sigma)
+
+
+def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -> Array:
+    """``phi`` ``(n, E * r)`` for scaled values ``t`` ``(n, E)`` in ``[-1, 1]`` and a basis ``w`` ``(Q, r)``.
+
+    ``phi = [T_0(t), ..., T_{Q-1}(t)] @ w``: the Chebyshev recurrence, then one matrix product,
+    in row blocks of at most ``block`` numbers of ``T``.
+    """
+    n, n_edges = t.shape
+    q, r = w.shape
+    wx = xp.asarray(w, dtype=t.dtype, device=device(t))
+    rows = max(1, block // max(1, n_edges * q))
+    parts = []
+    for start in range(0, n, rows):
+        flat = xp.reshape(t[start : min(start + rows, n), ...], (-1,))
+        cheb = [xp.ones_like(flat), flat]
+        two_t = 2.0 * flat
+        for _ in range(2, q):
+            cheb.append(two_t * cheb[-1] - cheb[-2])
+        parts.append(xp.stack(cheb[:q], axis=1) @ wx)
+    phi = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    return xp.reshape(phi, (n, n_edges * r))
+
+
+def product(px: Array, py: Array, xp: Any) -> Array:
+    """``px @ py^T`` with the common mean feature ``mu`` split off and summed in float64.
+
+    ``px py^T = mu.mu + dx.mu + mu.dy + dx dy^T`` (``d = p - mu``). When the weights are small
+    against ``sqrt(sigma)`` every unit has nearly the same features and ``R ~ E``; a float32
+    product of length ``E r`` would lose ``~sqrt(E r) eps`` of that to rounding, while ``dx dy^T``
+    is small and its rounding with it. Float64 inputs skip the split.
+    """
+    if px.dtype == xp.float64:
+        return px @ xp.permute_dims(py, (1, 0))
+    mu = (xp.sum(px, axis=0) + xp.sum(py, axis=0)) / float(px.shape[0] + py.shape[0])
+    dx, dy = px - mu, py - mu
+    core = xp.astype(dx @ xp.permute_dims(dy, (1, 0)), xp.float64)
+    row = xp.astype(dx @ mu, xp.float64)  # (n,), small terms: float32 is enough
+    col = xp.astype(dy @ mu, xp.float64)
+    mu64 = xp.astype(mu, xp.float64)
+    full = core + row[:, None] + col[None, :] + xp.sum(mu64 * mu64)
+    return xp.astype(full, px.dtype)

@@ -1,0 +1,255 @@
+"""Every edge-affinity kernel against the float64 reference, on every backend that runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gamfsolve import FusionError
+from gamfsolve._kernels import KERNELS, _dispatch, _numba, edge_affinity, edge_features
+from gamfsolve._kernels._factorised import basis, bound_key
+from gamfsolve._kernels._reference import edge_affinity_reference
+
+torch = pytest.importorskip("torch")
+xps = pytest.importorskip("array_api_strict")
+
+RTOL = 1e-6
+EXACT = ("reference", "numba", "matmul")
+BACKENDS = ("numpy", "numpy_readonly", "array_api_strict", "torch")
+HAS_NUMBA = _numba.available()
+
+
+def _to(backend: str, a: np.ndarray):
+    if backend == "numpy":
+        return a.copy()
+    if backend == "numpy_readonly":
+        b = a.copy()
+        b.flags.writeable = False
+        return b
+    if backend == "array_api_strict":
+        return xps.asarray(a)
+    return torch.asarray(a)
+
+
+def _host(r) -> np.ndarray:
+    if isinstance(r, np.ndarray):
+        return r
+    if isinstance(r, torch.Tensor):
+        return r.numpy()
+    return np.asarray(r)
+
+
+def _runs(kernel: str, backend: str) -> bool:
+    return kernel != "numba" or (backend.startswith("numpy") and HAS_NUMBA)
+
+
+def _pair(n: int, m: int, e: int, d: int, scale: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' edges; ``y`` is a noisy permuted copy of ``x``, so some pairs are close."""
+    rng = np.random.default_rng(seed)
+    x = scale * rng.standard_normal((n, e, d))
+    base = x[rng.integers(0, n, size=m)]
+    y = base + 0.3 * scale * rng.standard_normal((m, e, d))
+    return x, y
+
+
+def _tol(dtype: np.dtype, exact: np.ndarray) -> float:
+    """``rtol * max R`` plus the dtype's rounding (float32 inputs are rounded before the exact call)."""
+    rounding = 8 * np.finfo(dtype).eps if dtype == np.float32 else 0.0
+    return (RTOL + rounding) * float(np.max(np.abs(exact))) + 1e-300
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_type_dtype_device_follow_input(backend: str, kernel: str, dtype: type) -> None:
+    if not _runs(kernel, backend):
+        pytest.skip("numba kernel needs NumPy input and Numba")
+    x, y = (v.astype(dtype) for v in _pair(5, 4, 6, 1, 0.5))
+    xb, yb = _to(backend, x), _to(backend, y)
+    r = edge_affinity(xb, yb, 1.0, kernel=kernel)
+    assert type(r) is type(xb)
+    assert r.dtype == xb.dtype
+    assert tuple(r.shape) == (5, 4)
+    if backend == "torch":
+        assert r.device == xb.device
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.0)
+    np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dim", [1, 4])
+def test_every_scale_numpy(scale: float, kernel: str, dtype: type, dim: int) -> None:
+    """Weights from 0.01 to 3 ``sqrt(sigma)`` (std), so the factorised kernel meets its fallback."""
+    if not _runs(kernel, "numpy"):
+        pytest.skip("Numba not installed")
+    x, y = _pair(24, 20, 40, dim, scale, seed=int(scale * 100) + dim)
+    x, y = x.astype(dtype), y.astype(dtype)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.0)
+    r = edge_affinity(x, y, 1.0, kernel=kernel)
+    np.testing.assert_allclose(r, exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
+
+
+@pytest.mark.parametrize("backend", ["array_api_strict", "torch"])
+@pytest.mark.parametrize("scale", [0.01, 0.7, 3.0])
+@pytest.mark.parametrize("kernel", ["factorised", "matmul", "auto"])
+def test_every_scale_other_backends(backend: str, scale: float, kernel: str) -> None:
+    x, y = _pair(12, 10, 30, 1, scale, seed=3)
+    exact = edge_affinity_reference(x, y, 2.0)
+    r = edge_affinity(_to(backend, x), _to(backend, y), 2.0, kernel=kernel)
+    np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(np.float64), exact))
+
+
+def test_factorised_is_used_and_falls_back() -> None:
+    """Small spread: the short map is used; spread beyond its budget: an exact kernel answers."""
+    x, y = _pair(16, 16, 32, 1, 0.3, seed=1)
+    assert _dispatch(x, y, 1.0, "factorised", RTOL)[1] == "factorised"
+    assert _dispatch(x, y, 1.0, "auto", RTOL)[1] == "factorised"
+    x, y = _pair(16, 16, 32, 1, 20.0, seed=1)
+    assert _dispatch(x, y, 1.0, "factorised", RTOL)[1] in ("numba", "matmul")
+    xd, yd = _pair(16, 16, 32, 9, 0.3, seed=1)
+    assert _dispatch(xd, yd, 1.0, "factorised", RTOL)[1] in ("numba", "matmul")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 7),
+    m=st.integers(1, 7),
+    e=st.integers(1, 24),
+    d=st.integers(1, 3),
+    log_scale=st.floats(np.log10(0.01), np.log10(3.0)),
+    sigma=st.floats(0.05, 20.0),
+    kernel=st.sampled_from(KERNELS),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_agrees_with_reference(n, m, e, d, log_scale, sigma, kernel, dtype, seed) -> None:
+    if not _runs(kernel, "numpy"):
+        return
+    x, y = _pair(n, m, e, d, 10.0**log_scale * np.sqrt(sigma), seed=seed)
+    x, y = x.astype(dtype), y.astype(dtype)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), sigma)
+    r = edge_affinity(x, y, sigma, kernel=kernel)
+    assert r.dtype == dtype
+    np.testing.assert_allclose(r, exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    bound=st.floats(0.01, 6.0),
+    sigma=st.floats(0.1, 10.0),
+    centre=st.floats(-3.0, 3.0),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_property_feature_contract(bound, sigma, centre, seed, dtype) -> None:
+    """``|Phi(x) Phi(y)^T - A(x, y)| <= rtol E`` for every y within ``bound`` of ``center``."""
+    rng = np.random.default_rng(seed)
+    half = bound * np.sqrt(sigma)
+    x = (centre + rng.uniform(-half, half, (9, 30, 1))).astype(dtype)
+    ys = [(centre + rng.uniform(-half, half, (7, 30, 1))).astype(dtype) for _ in range(2)]
+    ys.append(np.clip(x[::-1] + 0.01 * half, centre - half, centre + half).astype(dtype))  # near-identical units
+    fx = edge_features(x, sigma, bound=half, center=centre)
+    if fx is None:  # only when the rank would exceed the auto budget
+        assert bound_key(bound) > 5.0
+        return
+    assert fx.dtype == dtype and fx.shape[0] == 9
+    rounding = 8 * np.finfo(dtype).eps if dtype == np.float32 else 1e-12
+    for y in ys:
+        fy = edge_features(y, sigma, bound=half, center=centre)
+        exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), sigma)
+        err = np.max(np.abs(fx.astype(np.float64) @ fy.astype(np.float64).T - exact))
+        assert err <= (RTOL + rounding) * 30
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_feature_map_backends(backend: str) -> None:
+    x, y = _pair(8, 6, 12, 1, 0.5, seed=2)
+    bound = float(max(np.abs(x).max(), np.abs(y).max()))
+    fx = edge_features(_to(backend, x), 1.0, bound=bound)
+    fy = edge_features(_to(backend, y), 1.0, bound=bound)
+    assert type(fx) is type(_to(backend, x)) and fx.dtype == _to(backend, x).dtype
+    approx = _host(fx @ (fy.T if backend != "array_api_strict" else xps.permute_dims(fy, (1, 0))))
+    np.testing.assert_allclose(approx, edge_affinity_reference(x, y, 1.0), rtol=0, atol=RTOL * 12)
+
+
+def test_feature_map_none_and_errors() -> None:
+    x, _ = _pair(4, 4, 5, 1, 0.5)
+    assert edge_features(_pair(4, 4, 5, 9, 0.5)[0], 1.0) is None  # conv edges: no short map
+    assert edge_features(x, 1.0, kernel="numba") is None  # an exact kernel was asked for
+    assert edge_features(x, 1.0, bound=100.0) is None  # far beyond the rank budget
+    with pytest.raises(FusionError, match="beyond bound"):
+        edge_features(x, 1.0, bound=0.1 * float(np.abs(x).max()))
+    with pytest.raises(FusionError, match="unknown kernel"):
+        edge_features(x, 1.0, kernel="fast")
+
+
+def test_feature_map_per_edge_centre() -> None:
+    rng = np.random.default_rng(5)
+    centre = rng.normal(size=12) * 10.0  # per-edge offsets far from zero
+    x = centre[None, :, None] + 0.4 * rng.standard_normal((6, 12, 1))
+    y = centre[None, :, None] + 0.4 * rng.standard_normal((5, 12, 1))
+    bound = float(max(np.abs(x[:, :, 0] - centre).max(), np.abs(y[:, :, 0] - centre).max()))
+    fx = edge_features(x, 1.0, bound=bound, center=centre)
+    fy = edge_features(y, 1.0, bound=bound, center=centre)
+    np.testing.assert_allclose(fx @ fy.T, edge_affinity_reference(x, y, 1.0), rtol=0, atol=RTOL * 12)
+
+
+def test_unknown_kernel_lists_valid_ones() -> None:
+    x = np.zeros((2, 3, 1))
+    with pytest.raises(FusionError, match=r"unknown kernel 'fast'.*reference.*numba.*factorised.*matmul"):
+        edge_affinity(x, x, 1.0, kernel="fast")
+
+
+def test_numba_kernel_refuses_other_backends() -> None:
+    x = torch.zeros((2, 3, 1))
+    with pytest.raises(FusionError, match="NumPy"):
+        edge_affinity(x, x, 1.0, kernel="numba")
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "sigma", "match"),
+    [
+        (np.zeros((2, 3, 1)), np.zeros((2, 4, 1)), 1.0, "needs x"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), 1.0, "needs x"),
+        (np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), 0.0, "sigma"),
+        (np.zeros((2, 3, 1), dtype=np.int64), np.zeros((2, 3, 1), dtype=np.int64), 1.0, "floating"),
+        (np.zeros((2, 3, 1), dtype=np.float32), np.zeros((2, 3, 1)), 1.0, "floating"),
+    ],
+)
+def test_invalid_input(x, y, sigma, match) -> None:
+    with pytest.raises(FusionError, match=match):
+        edge_affinity(x, y, sigma)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_empty_and_identical(kernel: str) -> None:
+    if not _runs(kernel, "numpy"):
+        pytest.skip("Numba not installed")
+    assert edge_affinity(np.zeros((0, 3, 1)), np.zeros((2, 3, 1)), 1.0, kernel=kernel).shape == (0, 2)
+    assert edge_affinity(np.zeros((2, 0, 1)), np.zeros((3, 0, 1)), 1.0, kernel=kernel).shape == (2, 3)
+    x = np.full((3, 7, 2), 5.0)
+    np.testing.assert_allclose(edge_affinity(x, x, 0.5, kernel=kernel), np.full((3, 3), 7.0), rtol=1e-6)
+
+
+def test_basis_rank_grows_linearly() -> None:
+    ranks = [basis(bound_key(b), 1e-7).shape[1] for b in (0.5, 1.5, 3.0, 5.0)]
+    assert ranks == sorted(ranks) and ranks[-1] <= 36
+
+
+def test_numba_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GAMFSOLVE_NUMBA_CACHE", "0")
+    assert not _numba._use_cache()
+    monkeypatch.setenv("GAMFSOLVE_NUMBA_CACHE", "1")
+    assert _numba._use_cache()
+
+
+def test_import_loads_no_numba() -> None:
+    code = "import sys, gamfsolve, gamfsolve._kernels; assert 'numba' not in sys.modules, 'numba imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True)
