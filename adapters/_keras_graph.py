@@ -53,6 +53,8 @@ _CONV = {"Conv1D", "Conv2D", "Conv3D"}
 class GraphInfo:
     """What the walk found: spec entries, weighted layers in graph order, flatten inputs.
 
+    ``order`` lists every layer with weights (understood or kept fixed) in graph order.
+
     ``flatten[layer_name] = (spatial, channels)`` for a Dense whose input is a channels-last
     ``Flatten`` of ``(*spatial, channels)`` (the cross-framework converter reorders it).
     """
@@ -312,8 +314,6 @@ class _Walker:
             out = x
         if out is None or len(node.output_tensors) != 1:
             return None
-        if getattr(op, "weights", None) and op not in self.info.order:
-            self.info.order.append(op)
         return [out]
 
     def run(self, model: Any) -> GraphInfo:
@@ -325,6 +325,8 @@ class _Walker:
                 for t in node.output_tensors:
                     self.labels.setdefault(id(t), _fixed(t))
                 continue
+            if getattr(op, "weights", None) and op not in self.info.order:
+                self.info.order.append(op)
             outs = self._handle(node)
             if outs is None:
                 for key in [k for k in self.raw if k[0] == op.name]:
