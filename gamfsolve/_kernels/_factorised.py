@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .._xp import device
+from . import _numba
 
 __all__ = ["MAX_RANK", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
 
@@ -131,13 +132,15 @@ def plan_bound(x: Array, y: Array, sigma: float, xp: Any) -> tuple[Array, float]
 
 
 def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -> Array:
-    """``phi`` ``(n, E * r)`` for scaled values ``t`` ``(n, E)`` in ``[-1, 1]`` and a basis ``w`` ``(Q, r)``.
+    """``phi`` ``(n, r * E)`` for scaled values ``t`` ``(n, E)`` in ``[-1, 1]`` and a basis ``w`` ``(Q, r)``.
 
     ``phi = [T_0(t), ..., T_{Q-1}(t)] @ w``: the Chebyshev recurrence, then one matrix product,
     in row blocks of at most ``block`` numbers of ``T``.
     """
     n, n_edges = t.shape
     q, r = w.shape
+    if q >= 2 and isinstance(t, np.ndarray) and _numba.available():
+        return _numba.cheb_features(t, w)
     wx = xp.asarray(w, dtype=t.dtype, device=device(t))
     rows = max(1, block // max(1, n_edges * q))
     parts = []
@@ -149,7 +152,8 @@ def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -
             cheb.append(two_t * cheb[-1] - cheb[-2])
         parts.append(xp.stack(cheb[:q], axis=1) @ wx)
     phi = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-    return xp.reshape(phi, (n, n_edges * r))
+    # (n E, r) -> (n, r, E): the layout of the Numba kernel, so both give identical features.
+    return xp.reshape(xp.permute_dims(xp.reshape(phi, (n, n_edges, r)), (0, 2, 1)), (n, r * n_edges))
 
 
 def product(px: Array, py: Array, xp: Any) -> Array:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "edge_affinity_numba"]
+__all__ = ["available", "cheb_features", "edge_affinity_numba"]
 
 
 def _use_cache() -> bool:
@@ -63,7 +63,30 @@ def _compiled() -> Any:
                     acc += np.exp(-d2 * inv_sigma)
                 out[a, b] = acc
 
-    return scalar_edges, vector_edges
+    @numba.njit(parallel=True, fastmath=True, cache=_use_cache())
+    def cheb_features(t, w, out):  # pragma: no cover - compiled
+        # out[a, j, e] = sum_k T_k(t[a, e]) w[k, j]: the recurrence fused with the basis change,
+        # vectorised over the edges e; row a is written by one thread only.
+        n, n_edges = t.shape
+        q, r = w.shape
+        for a in numba.prange(n):
+            ta = t[a]
+            prev = np.ones_like(ta)
+            cur = ta.copy()
+            nxt = np.empty_like(ta)
+            for j in range(r):
+                for e in range(n_edges):
+                    out[a, j, e] = w[0, j] + w[1, j] * ta[e]
+            for k in range(2, q):
+                for e in range(n_edges):
+                    nxt[e] = 2.0 * ta[e] * cur[e] - prev[e]
+                prev, cur, nxt = cur, nxt, prev
+                for j in range(r):
+                    wkj = w[k, j]
+                    for e in range(n_edges):
+                        out[a, j, e] += wkj * cur[e]
+
+    return scalar_edges, vector_edges, cheb_features
 
 
 def available() -> bool:
@@ -76,7 +99,7 @@ def edge_affinity_numba(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarra
     kernels = _compiled()
     if kernels is None:  # callers check available() first; this is a guard for direct use
         raise ImportError("the 'numba' kernel needs Numba: pip install numba")
-    scalar_edges, vector_edges = kernels
+    scalar_edges, vector_edges, _ = kernels
     dtype = x.dtype
     out = np.empty((x.shape[0], y.shape[0]), dtype=dtype)
     inv = dtype.type(1.0 / sigma)
@@ -85,3 +108,18 @@ def edge_affinity_numba(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarra
     else:
         vector_edges(np.ascontiguousarray(x), np.ascontiguousarray(y), inv, out)
     return out
+
+
+def cheb_features(t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``phi`` ``(n, r * E)`` from scaled values ``t`` ``(n, E)`` and a basis ``w`` ``(Q, r)`` (Q >= 2).
+
+    The same numbers, in the same ``(n, r, E)`` layout, as :func:`._factorised.features_scaled`,
+    without its ``(n E, Q)`` temporary: ``n E Q r`` multiply-adds, vectorised over ``E``.
+    """
+    kernels = _compiled()
+    if kernels is None:
+        raise ImportError("cheb_features needs Numba: pip install numba")
+    n, n_edges = t.shape
+    out = np.empty((n, w.shape[1], n_edges), dtype=t.dtype)
+    kernels[2](np.ascontiguousarray(t), np.ascontiguousarray(w, dtype=t.dtype), out)
+    return out.reshape(n, -1)
