@@ -160,4 +160,6 @@ def save_state(module: nn.Module, path: str | Path) -> None:
     elif suffix in (".pt", ".pth", ".bin"):
         torch.save(state, path)
     else:
-        raise FusionError(f"unknown file type {suffix!r}; expected .pt, .pth or .safetensors (use torch.export.save for .pt2)")
+        raise FusionError(
+            f"unknown file type {suffix!r}; expected .pt, .pth or .safetensors (use torch.export.save for .pt2)"
+        )

@@ -8,11 +8,10 @@ group it touches: never a silently wrong spec.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-from ._torch_graph import Chan, Engine, Seg, fixed_run
+from ._torch_graph import Chan, Engine, fixed_run
 
 __all__ = ["HANDLERS", "unknown"]
 

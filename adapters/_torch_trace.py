@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 

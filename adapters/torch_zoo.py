@@ -8,6 +8,7 @@ Every factory takes keyword arguments only and returns a freshly initialised ``n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *, bias: bool = True) -> None:
         super().__init__()
         sizes = [in_features, *hidden, out_features]
-        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in pairwise(sizes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)

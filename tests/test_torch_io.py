@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gamfsolve.adapters import torch as gt  # noqa: E402
+from gamfsolve.adapters import torch_zoo as zoo  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gamfsolve import FusionError  # noqa: E402
-from gamfsolve.adapters import torch as gt  # noqa: E402
-from gamfsolve.adapters import torch_zoo as zoo  # noqa: E402
 
 from .torch_helpers import make, outputs_close  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_to_arrays_is_zero_copy_and_float_only() -> None:
 
 
 def test_from_arrays_copies_and_leaves_input_untouched() -> None:
-    model, x = make("resnet20")
+    model, _ = make("resnet20")
     model.bn1.num_batches_tracked.fill_(7)
     arrays = {k: v * 0 for k, v in gt.to_arrays(model).items()}
     new = gt.from_arrays(model, arrays)
@@ -44,7 +44,7 @@ def test_from_arrays_rejects_wrong_names_and_shapes() -> None:
     arrays = gt.to_arrays(model)
     with pytest.raises(FusionError, match="missing"):
         gt.from_arrays(model, {k: v for k, v in arrays.items() if k != "layers.0.weight"})
-    with pytest.raises(FusionError, match="layers.0.weight"):
+    with pytest.raises(FusionError, match=r"layers.0.weight"):
         gt.from_arrays(model, {**arrays, "layers.0.weight": torch.zeros(3, 3)})
 
 
@@ -91,7 +91,7 @@ def test_exported_program_carries_its_graph(tmp_path: Path) -> None:
 
 def test_fuse_modules_rejects_different_classes_and_shapes() -> None:
     a, x = make("mlp")
-    with pytest.raises(FusionError, match="LeNet.*MLP"):
+    with pytest.raises(FusionError, match=r"LeNet.*MLP"):
         gt.fuse_modules([a, zoo.lenet()], x, method="average")
     with pytest.raises(FusionError, match="shape"):
         gt.fuse_modules([zoo.mlp(hidden=(24, 16)), zoo.mlp(hidden=(24, 17))], x, method="average")
@@ -117,7 +117,7 @@ def test_fuse_modules_leaves_inputs_untouched() -> None:
 
 
 def test_reset_bn_stats_returns_a_new_module() -> None:
-    model, x = make("resnet20")
+    model, _ = make("resnet20")
     data = [torch.randn(8, 3, 32, 32) for _ in range(3)]
     new = gt.reset_bn_stats(model, data, n_batches=2)
     assert not torch.equal(new.bn1.running_mean, model.bn1.running_mean)

@@ -6,11 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gamfsolve.adapters import torch as gt  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from gamfsolve import Blocks, Concat, FusionError, FusionTypeError, PermutationSpec  # noqa: E402
-from gamfsolve.adapters import torch as gt  # noqa: E402
 
 from .torch_helpers import make, outputs_close, permuted_copy  # noqa: E402
 
@@ -158,7 +158,7 @@ def test_export_fallback_when_fx_fails() -> None:
 
 
 def test_untraceable_module_is_refused() -> None:
-    with pytest.raises(FusionError, match="DataBranch.*by hand"):
+    with pytest.raises(FusionError, match=r"DataBranch.*by hand"):
         gt.spec_from_module(DataBranch(), torch.randn(3, 4))
 
 
@@ -185,11 +185,11 @@ def test_bad_example_inputs() -> None:
     model, _ = make("mlp")
     with pytest.raises(FusionTypeError, match="example_inputs"):
         gt.spec_from_module(model, None)
-    with pytest.raises(FusionTypeError, match="torch.nn.Module"):
+    with pytest.raises(FusionTypeError, match=r"torch.nn.Module"):
         gt.spec_from_module("not a module", torch.randn(1, 784))
 
 
 def test_module_and_inputs_on_different_devices() -> None:
     model = nn.Linear(3, 2, device="meta")
-    with pytest.raises(FusionError, match="meta.*cpu"):
+    with pytest.raises(FusionError, match=r"meta.*cpu"):
         gt.spec_from_module(model, torch.randn(2, 3))

@@ -6,10 +6,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-import gamfsolve  # noqa: E402
-from gamfsolve.adapters import torch as gt  # noqa: E402
+from gamfsolve.adapters import torch as gt
 
-from .torch_helpers import ZOO, make, outputs_close, permuted_copy  # noqa: E402
+import gamfsolve
+
+from .torch_helpers import ZOO, make, outputs_close, permuted_copy
 
 CASES = [(name, w, bn) for name in ZOO for w in (1, 2) for bn in (True, False)]
 IDS = [f"{n}-w{w}-{'bn' if bn else 'nobn'}" for n, w, bn in CASES]

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from gamfsolve.adapters import torch as gt
+from gamfsolve.adapters import torch_zoo as zoo
 from torch import nn
 
 import gamfsolve
-from gamfsolve.adapters import torch as gt
-from gamfsolve.adapters import torch_zoo as zoo
 
 torch.set_num_threads(1)
 
