@@ -1,0 +1,83 @@
+"""Hypothesis properties of the solver invariants on random MLP, conv-chain and residual nets."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from nets import conv_chain, mlp, random_perms, residual
+
+import gamfsolve as g
+from gamfsolve._assign import sinkhorn
+
+seeds = st.integers(0, 2**31 - 1)
+widths = st.integers(2, 9)
+
+
+@st.composite
+def nets(draw):
+    kind = draw(st.sampled_from(["mlp", "conv", "residual"]))
+    rng = np.random.default_rng(draw(seeds))
+    if kind == "mlp":
+        net = mlp([draw(widths) for _ in range(draw(st.integers(3, 5)))], rng, bias=draw(st.booleans()))
+        x = rng.normal(size=(3, net[0]["layers.0.weight"].shape[1]))
+    elif kind == "conv":
+        net = conv_chain([draw(st.integers(1, 3)), draw(widths), draw(widths)], rng)
+        x = rng.normal(size=(3, net[0]["conv0.weight"].shape[1], 4, 4))
+    else:
+        net = residual(draw(widths), draw(widths), draw(widths), draw(st.integers(1, 3)), rng)
+        x = rng.normal(size=(3, net[0]["inp.weight"].shape[1]))
+    return (*net, x, rng)
+
+
+@given(nets())
+def test_fusing_with_a_permuted_copy_returns_the_model(net):
+    # (weight_matching's coordinate descent can stop in a local optimum here: residual nets)
+    params, spec, forward, x, rng = net
+    copy = g.permute(params, spec, random_perms(spec, params, rng))
+    fused = g.fuse([params, copy], spec, method="gamf", seed=0)
+    np.testing.assert_allclose(forward(fused, x), forward(params, x), rtol=1e-9, atol=1e-9)
+
+
+@given(nets())
+def test_recovered_perms_undo_random_perms(net):
+    params, spec, _, _, rng = net
+    copy = g.permute(params, spec, random_perms(spec, params, rng))
+    result = g.match([params, copy], spec, method="gamf", seed=0)
+    restored = g.permute(copy, spec, result.model_perms(1))
+    for k in params:
+        np.testing.assert_allclose(restored[k], params[k], rtol=0, atol=1e-12)
+
+
+@given(nets(), st.integers(2, 4), st.sampled_from(["gamf", "weight_matching", "ot"]))
+def test_match_always_returns_permutations(net, n_models, method):
+    params, spec, _, _, rng = net
+    models = [params] + [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(n_models - 1)]
+    result = g.match(models, spec, method=method, seed=0)
+    sizes = spec.group_sizes({k: v.shape for k, v in params.items()})
+    for grp, ps in result.perms.items():
+        assert len(ps) == n_models
+        for p in ps:
+            assert np.array_equal(np.sort(p), np.arange(sizes[grp]))
+
+
+@given(seeds, st.integers(1, 30), st.floats(0.5, 5.0))
+def test_sinkhorn_is_doubly_stochastic(seed, n, tau):
+    import array_api_compat.numpy as xp
+
+    scores = np.random.default_rng(seed).normal(size=(n, n))  # standardised scores, as in the solver
+    p, _, it = sinkhorn(scores, tau, xp, tol=1e-9, max_iter=5000)
+    assert it < 5000 and np.all(p >= 0)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-9)
+
+
+@given(seeds, st.integers(1, 30), st.floats(0.01, 0.5))
+def test_sinkhorn_at_low_temperature(seed, n, tau):
+    import array_api_compat.numpy as xp
+
+    scores = np.random.default_rng(seed).normal(size=(n, n))
+    p, _, it = sinkhorn(scores, tau, xp, tol=1e-6, max_iter=300)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)  # rows are exact after the last step
+    if it < 300:
+        np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-6)
