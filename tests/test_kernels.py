@@ -253,3 +253,13 @@ def test_numba_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_import_loads_no_numba() -> None:
     code = "import sys, gamfsolve, gamfsolve._kernels; assert 'numba' not in sys.modules, 'numba imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the float64 truth here comes from the Numba kernel")
+def test_matmul_float32_wide_conv_edges() -> None:
+    """Regression: float32 conv edges at 3 sqrt(sigma) must be centred in float64, not float32."""
+    x, y = _pair(64, 64, 64, 9, 3.0, seed=0)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    exact = _numba.edge_affinity_numba(x.astype(np.float64), y.astype(np.float64), 1.0)
+    r = edge_affinity(x, y, 1.0, kernel="matmul")
+    assert np.max(np.abs(r - exact)) <= 2 * RTOL * np.max(exact) / 4

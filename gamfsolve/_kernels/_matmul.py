@@ -22,6 +22,14 @@ __all__ = ["edge_affinity_matmul"]
 Array = Any
 
 
+def _centred(x: Array, y: Array, xp: Any) -> tuple[Array, Array, Array, Array]:
+    """Edges centred per edge ``(E, n, D)``, ``(E, D, m)`` and their squared norms."""
+    centre = (xp.sum(x, axis=0) + xp.sum(y, axis=0)) / float(x.shape[0] + y.shape[0])  # (E, D)
+    xe = xp.permute_dims(x - centre, (1, 0, 2))
+    ye = xp.permute_dims(y - centre, (1, 2, 0))
+    return xe, ye, xp.sum(xe * xe, axis=2)[:, :, None], xp.sum(ye * ye, axis=1)[:, None, :]
+
+
 def edge_affinity_matmul(
     x: Array, y: Array, sigma: float, xp: Any, *, rtol: float = 1e-6, block: int = 1 << 22
 ) -> Array:
@@ -34,14 +42,10 @@ def edge_affinity_matmul(
     n, n_edges, _ = x.shape
     m = y.shape[0]
     dtype = x.dtype
-    centre = (xp.sum(x, axis=0) + xp.sum(y, axis=0)) / float(n + m)  # (E, D)
-    xe = xp.permute_dims(x - centre, (1, 0, 2))  # (E, n, D)
-    ye = xp.permute_dims(y - centre, (1, 2, 0))  # (E, D, m)
-    nx = xp.sum(xe * xe, axis=2)[:, :, None]  # (E, n, 1)
-    ny = xp.sum(ye * ye, axis=1)[:, None, :]  # (E, 1, m)
+    xe, ye, nx, ny = _centred(x, y, xp)
     loss = xp.finfo(dtype).eps * 2.0 * float(xp.maximum(xp.max(nx), xp.max(ny))) / sigma
-    if loss > rtol / 4 and dtype != xp.float64:
-        xe, ye, nx, ny = (xp.astype(v, xp.float64, copy=False) for v in (xe, ye, nx, ny))
+    if loss > rtol / 4 and dtype != xp.float64:  # centre and expand in float64 instead
+        xe, ye, nx, ny = _centred(xp.astype(x, xp.float64), xp.astype(y, xp.float64), xp)
     step = max(1, block // max(1, n * m))
     inv = -1.0 / sigma
     out = None
