@@ -120,6 +120,11 @@ def layer_pairs(keras_model: Any, torch_module: nn.Module, *, example_inputs: An
         )
     for pair in pairs:
         _check_config(pair)
+        state = pair.torch_module.state_dict()
+        for k_name, t_name in _keys(pair):
+            var = next(w for w in pair.keras_layer.weights if w.name == k_name)
+            moved = _to_torch_layout(pair, k_name, np.empty(tuple(var.shape), np.float32))
+            _shape_check(pair, k_name, moved.shape, tuple(state[t_name].shape))
     return pairs
 
 
