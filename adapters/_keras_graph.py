@@ -124,7 +124,9 @@ class _Groups:
             parts.append(name if seg.outer == seg.inner == 1 else Blocks(name, inner=seg.inner, outer=seg.outer))
         if all(isinstance(p, int) for p in parts):
             return None
-        return parts[0] if len(parts) == 1 else Concat(*parts)
+        if len(parts) == 1 and not isinstance(parts[0], int):
+            return parts[0]
+        return Concat(*parts)
 
 
 def _fixed(tensor: Any) -> Label:

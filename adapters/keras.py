@@ -112,9 +112,7 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     unknown = sorted(set(arrays) - set(names))
     missing = [n for n in names if n not in arrays]
     if unknown or missing:
-        raise FusionError(
-            f"arrays do not match model {model.name!r}: unknown names {unknown}, missing names {missing}"
-        )
+        raise FusionError(f"arrays do not match model {model.name!r}: unknown names {unknown}, missing names {missing}")
     try:
         clone = keras.models.clone_model(model)
     except (TypeError, ValueError) as exc:

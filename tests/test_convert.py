@@ -8,17 +8,17 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from keras import layers  # noqa: E402
-from torch import nn  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import torch
+from gamfsolve.adapters import convert
+from gamfsolve.adapters import keras as gk
+from keras import layers
+from torch import nn
 
-from gamfsolve import FusionError, FusionTypeError  # noqa: E402
-from gamfsolve.adapters import convert  # noqa: E402
-from gamfsolve.adapters import keras as gk  # noqa: E402
-from gamfsolve.datasets import Dataset, load_images  # noqa: E402
+from gamfsolve import FusionError, FusionTypeError
+from gamfsolve.datasets import Dataset, load_images
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -79,8 +79,8 @@ def test_keras_to_torch_cnn_same_function() -> None:
     for k, v in tm.state_dict().items():  # the template is untouched
         assert torch.equal(v, before[k])
     back = convert.torch_to_keras(moved, keras_cnn())
-    for k, v in gk.to_arrays(back).items():
-        np.testing.assert_array_equal(v, dict(zip(gk.to_arrays(back), gk.to_arrays(km).values()))[k])
+    for v, w in zip(gk.to_arrays(back).values(), gk.to_arrays(km).values(), strict=True):
+        np.testing.assert_array_equal(v, w)
 
 
 def test_layer_pairs_follow_call_order() -> None:
@@ -101,10 +101,12 @@ def test_layer_pairs_follow_call_order() -> None:
 
 
 def test_mismatches_name_the_layers() -> None:
-    km = keras.Sequential([keras.Input((4,)), layers.Dense(8, name="k_fc"), layers.BatchNormalization(), layers.Dense(3)])
+    km = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(8, name="k_fc"), layers.BatchNormalization(), layers.Dense(3)]
+    )
     with pytest.raises(FusionError, match="Keras Dense 'k_fc' and PyTorch Conv1d '0'"):
         convert.layer_pairs(km, nn.Sequential(nn.Conv1d(4, 8, 1), nn.BatchNorm1d(8), nn.Linear(8, 3)))
-    with pytest.raises(FusionError, match="epsilon 0.001 vs eps 1e-05"):
+    with pytest.raises(FusionError, match=r"epsilon 0\.001 vs eps 1e-05"):
         convert.layer_pairs(km, nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)))
     with pytest.raises(FusionError, match="3 layers with weights, the PyTorch module 2"):
         convert.layer_pairs(km, nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, eps=1e-3)))
@@ -133,9 +135,16 @@ def test_fuse_cross_of_a_model_with_its_permuted_torch_twin() -> None:
 def train_keras_mlp(data: Dataset, seed: int, width: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [keras.Input((784,)), layers.Dense(width, activation="relu"), layers.Dense(width, activation="relu"), layers.Dense(10)]
+        [
+            keras.Input((784,)),
+            layers.Dense(width, activation="relu"),
+            layers.Dense(width, activation="relu"),
+            layers.Dense(10),
+        ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(data.x.reshape(-1, 784), data.y, epochs=3, batch_size=100, verbose=0)
     return model
 
@@ -163,7 +172,10 @@ def test_keras_and_torch_mlps_fuse_across_frameworks() -> None:
     train, test = load_images().split(2000, 2000, seed=0)
     xt = test.x.reshape(-1, 784)
     km, tm = train_keras_mlp(train, 0, width), train_torch_mlp(train, 1, width)
-    acc = {"keras parent": np.mean(k_out(km, xt).argmax(1) == test.y), "torch parent": np.mean(t_out(tm, xt).argmax(1) == test.y)}
+    acc = {
+        "keras parent": np.mean(k_out(km, xt).argmax(1) == test.y),
+        "torch parent": np.mean(t_out(tm, xt).argmax(1) == test.y),
+    }
     as_keras = convert.fuse_cross([km, tm], like=km, method="gamf", seed=0)
     as_torch = convert.fuse_cross([km, tm], like=torch_mlp(width), method="gamf", seed=0)
     yk, yt = k_out(as_keras, xt), t_out(as_torch, xt)

@@ -8,14 +8,14 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from gamfsolve.adapters import keras as gk
+from keras import layers
 
-import gamfsolve  # noqa: E402
-from gamfsolve import Blocks, Concat, FusionError, FusionTypeError  # noqa: E402
-from gamfsolve.adapters import keras as gk  # noqa: E402
+import gamfsolve
+from gamfsolve import Blocks, Concat, FusionError, FusionTypeError
 
 
 def mlp(prefix: str = "m") -> keras.Model:
@@ -70,7 +70,9 @@ def noisy(model: keras.Model, seed: int = 0) -> keras.Model:
     """The model with random, non-trivial weights (non-zero biases, BN statistics)."""
     rng = np.random.default_rng(seed)
     arrays = gk.to_arrays(model)
-    return gk.from_arrays(model, gk._perturbed({k: v + 0.3 * rng.standard_normal(v.shape) for k, v in arrays.items()}, rng))
+    return gk.from_arrays(
+        model, gk._perturbed({k: v + 0.3 * rng.standard_normal(v.shape) for k, v in arrays.items()}, rng)
+    )
 
 
 def outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -172,11 +174,11 @@ def test_to_from_arrays_round_trip_leaves_input_untouched() -> None:
 def test_from_arrays_errors_name_the_problem() -> None:
     model = mlp()
     arrays = gk.to_arrays(model)
-    with pytest.raises(FusionError, match="missing names \\['m_out.bias'\\]"):
+    with pytest.raises(FusionError, match=r"missing names \['m_out\.bias'\]"):
         gk.from_arrays(model, {k: v for k, v in arrays.items() if k != "m_out.bias"})
     with pytest.raises(FusionError, match="layer 'm_fc1'"):
         gk.from_arrays(model, {**arrays, "m_fc1.kernel": np.zeros((3, 3), np.float32)})
-    with pytest.raises(FusionTypeError, match="keras.Model"):
+    with pytest.raises(FusionTypeError, match=r"keras\.Model"):
         gk.to_arrays(object())
 
 
@@ -204,7 +206,7 @@ def test_save_and_load_keras_file(tmp_path) -> None:
     loaded = gk.load_model(path)
     x = inputs_for(model)
     np.testing.assert_allclose(outputs(loaded, x), outputs(model, x), rtol=0, atol=1e-6)
-    with pytest.raises(FusionError, match=".keras"):
+    with pytest.raises(FusionError, match=r"\.keras"):
         gk.save_model(model, tmp_path / "model.h5")
 
 
@@ -232,7 +234,7 @@ def test_fuse_models_checks_architectures() -> None:
     with pytest.raises(FusionError, match="not the same architecture"):
         gk.fuse_models([mlp(), cnn()], method="average")
     wider = keras.Sequential([keras.Input((12,)), layers.Dense(17), layers.Dense(8), layers.Dense(3)])
-    with pytest.raises(FusionError, match="does not match models\\[0\\] weight 'm_fc1.kernel'"):
+    with pytest.raises(FusionError, match=r"does not match models\[0\] weight 'm_fc1\.kernel'"):
         gk.fuse_models([mlp(), wider], method="average")
 
 
@@ -240,5 +242,5 @@ def test_other_backend_gives_a_clear_error(monkeypatch) -> None:
     # only the torch backend is installed here, so report another one
     model = mlp()
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(FusionError, match="active backend is 'jax'.*KERAS_BACKEND=torch"):
+    with pytest.raises(FusionError, match=r"active backend is 'jax'.*KERAS_BACKEND=torch"):
         gk.to_arrays(model)

@@ -8,13 +8,13 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from gamfsolve.adapters import keras as gk
+from keras import layers
 
-from gamfsolve.adapters import keras as gk  # noqa: E402
-from gamfsolve.datasets import Dataset, load_images  # noqa: E402
+from gamfsolve.datasets import Dataset, load_images
 
 # keras' optimizer and saving code converts torch tensors with np.array(), which NumPy 2 flags
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -31,7 +31,9 @@ def train_mlp(data: Dataset, seed: int, *, width: int = 64, epochs: int = 3) -> 
             layers.Dense(data.n_classes, name="out"),
         ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(data.x, data.y, epochs=epochs, batch_size=100, verbose=0)
     return model
 
@@ -48,5 +50,8 @@ def test_gamf_one_shot_beats_vanilla_averaging() -> None:
     scores = {"model 0": accuracy(a, test), "model 1": accuracy(b, test)}
     for method in ("average", "weight_matching", "gamf"):
         scores[method] = accuracy(gk.fuse_models([a, b], method=method, seed=0), test)
-    print(f"{train.name} one-shot accuracy (2000 train / 2000 test): " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    print(
+        f"{train.name} one-shot accuracy (2000 train / 2000 test): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    )
     assert scores["gamf"] > scores["average"] + 0.02
