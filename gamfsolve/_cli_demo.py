@@ -29,11 +29,21 @@ class MethodRow:
     converged: bool
 
 
-def _methods() -> list[str]:
+def _methods(requested: str | None) -> list[str]:
     from . import METHODS
 
+    if requested:
+        chosen = [m.strip() for m in requested.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown:
+            raise CliError(f"unknown method(s) {unknown} in --methods; available: {sorted(METHODS)}")
+        return chosen
     known = [m for m in METHOD_ORDER if m in METHODS]
     return known + sorted(m for m in METHODS if m not in known)
+
+
+def _seconds(t: float) -> str:
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
 def _load(data: str | None, seed: int) -> tuple[Any, Any]:
@@ -49,12 +59,13 @@ def _load(data: str | None, seed: int) -> tuple[Any, Any]:
 
 
 def _table(indiv: list[float], ens: float, rows: list[MethodRow], n: int) -> str:
-    lines = [f"{'model':<30} {'accuracy':>9} {'time':>10} {'iters':>6}", "-" * 58]
-    lines += [f"{f'model {k} (1x size)':<30} {a:>8.2f}% {'':>10} {'':>6}" for k, a in enumerate(indiv)]
-    lines.append(f"{f'prediction ensemble ({n}x size)':<30} {ens:>8.2f}% {'':>10} {'':>6}")
+    w = max(32, *(len(r.method) + 18 for r in rows))
+    lines = [f"{'model':<{w}} {'accuracy':>9} {'match time':>11} {'iters':>6}", "-" * (w + 29)]
+    lines += [f"{f'model {k} (1x size)':<{w}} {a:>8.2f}%" for k, a in enumerate(indiv)]
+    lines.append(f"{f'prediction ensemble ({n}x size)':<{w}} {ens:>8.2f}%")
     for r in rows:
         it = f"{r.n_iter}" + ("" if r.converged else "*")
-        lines.append(f"{f'fused: {r.method} (1x size)':<30} {r.accuracy:>8.2f}% {r.time * 1e3:>8.1f}ms {it:>6}")
+        lines.append(f"{f'fused: {r.method} (1x size)':<{w}} {r.accuracy:>8.2f}% {_seconds(r.time):>11} {it:>6}")
     if any(not r.converged for r in rows):
         lines.append("* stopped at its iteration limit without converging")
     return "\n".join(lines)
@@ -126,7 +137,7 @@ def run_demo(args: argparse.Namespace) -> int:
     spec = _demo.spec_for("mlp", side)
     arrays = [_demo.to_arrays(m) for m in models]
     rows = []
-    for method in tqdm(_methods(), desc="fusing", unit="method", file=sys.stderr):
+    for method in tqdm(_methods(args.methods), desc="fusing", unit="method", file=sys.stderr):
         result = gamfsolve.match(arrays, spec, method=method, seed=args.seed)
         fused = _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, result))
         acc = _demo.accuracy(fused, test.x, test.y)

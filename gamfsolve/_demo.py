@@ -79,11 +79,14 @@ class LeNet(nn.Module):
         return self.fc3(torch.relu(self.fc2(x)))
 
 
-def build(arch: str, side: int, n_classes: int, *, bias: bool = False, seed: int = 0) -> nn.Module:
-    """A freshly initialised model for square images of side ``side`` (seeded)."""
+def build(arch: str, side: int, n_classes: int, *, bias: bool = False, seed: int = 0, width: int = 256) -> nn.Module:
+    """A freshly initialised model for square images of side ``side`` (seeded).
+
+    ``width`` is the MLP's hidden size (two hidden layers); LeNet's widths are fixed.
+    """
     torch.manual_seed(seed)
     if arch == "mlp":
-        return MLP(side * side, n_classes, bias=bias)
+        return MLP(side * side, n_classes, (width, width), bias=bias)
     if arch == "lenet":
         return LeNet(side, n_classes, bias=bias)
     raise FusionError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}")

@@ -43,7 +43,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--data", metavar="DIR", help="folder with the MNIST idx files (default: search, see docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisations, solvers (default 0)")
     p.add_argument("--out", metavar="DIR", default="gamfsolve-demo", help="output folder (default ./gamfsolve-demo)")
-    p.add_argument("--models", type=int, default=3, metavar="N", help="number of models to train and fuse (default 3)")
+    p.add_argument("--models", type=int, default=2, metavar="N", help="number of models to train and fuse (default 2)")
+    p.add_argument("--methods", metavar="M,M,...", help="comma-separated methods (default: all registered)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs per model (default 10)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
 
@@ -91,7 +92,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Run gamfsolve's benchmarks; the remaining arguments go to gamfsolve.bench.",
         add_help=False,
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="e.g. --json, --quick, --help")
+    p.add_argument("bench_args", nargs="*", help="e.g. --json, --quick, --help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +128,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gamfsolve`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to gamfsolve.bench, --help included
+        args = argparse.Namespace(command="bench", bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return _run(args)
     except CliError as exc:

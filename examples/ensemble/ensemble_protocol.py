@@ -42,6 +42,7 @@ class Protocol:
     finetune_epochs: int = 1
     lr: float = 1e-3
     bias: bool = False
+    width: int = 256
     solver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -78,7 +79,7 @@ def train_models(
     parts = shares(train.y, n, partition, alpha=proto.alpha, seed=seed)
     models = []
     for k, idx in enumerate(parts):
-        model = _demo.build(arch, side, train.n_classes, bias=proto.bias, seed=100 * seed + k)
+        model = _demo.build(arch, side, train.n_classes, bias=proto.bias, seed=100 * seed + k, width=proto.width)
         sub = train.subset(idx)
         models.append(_demo.train(model, sub.x, sub.y, epochs=proto.epochs, lr=proto.lr, seed=100 * seed + k))
     return models, [len(p) for p in parts]

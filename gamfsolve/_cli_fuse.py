@@ -1,0 +1,86 @@
+"""``gamfsolve fuse``: fuse model files into one file of the same format."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._cli_common import EXIT_MISMATCH, CliError, write_atomic
+from ._cli_formats import kind_of, load
+from ._errors import FusionError
+from ._result import MatchResult
+
+__all__ = ["run_fuse"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise CliError(f"--input-shape must be positive integers separated by commas, e.g. 1,28,28; got {text!r}")
+    return shape
+
+
+def _check_args(inputs: Sequence[Path], output: Path, args: argparse.Namespace) -> None:
+    if len(inputs) < 2:
+        raise CliError(f"fuse needs at least two input models, got {len(inputs)}")
+    if args.weights is not None and len(args.weights) != len(inputs):
+        raise CliError(f"--weights has {len(args.weights)} values for {len(inputs)} input models")
+    for path in inputs:
+        if _same_file(path, output):
+            raise CliError(f"the output {output} is one of the inputs; choose another path")
+    if kind_of(output) != kind_of(inputs[0]) or output.suffix.lower() != inputs[0].suffix.lower():
+        raise CliError(f"the output must have the inputs' format ({inputs[0].suffix}), got {output.name!r}")
+    if output.exists() and not args.force:
+        raise CliError(f"{output} exists; pass --force to replace it")
+
+
+def _report(description: str, result: MatchResult, sizes: dict[str, int], output: Path) -> None:
+    n = result.n_models
+    print(f"fused {n} {description} models with {result.method} -> {output}")
+    stop = "converged" if result.converged else "stopped at the iteration limit"
+    print(f"  {len(sizes)} permuted groups, {sum(sizes.values())} units; {result.n_iter} iterations, {stop}")
+    print(f"  matching time {result.time * 1e3:.1f} ms" + (f"; {result.message}" if result.message else ""))
+    if not sizes:
+        return
+    width = max(len(g) for g in sizes)
+    print(f"  {'group':<{width}}  {'units':>5}  units matched differently from model 0 (models 1..{n - 1})")
+    for group, size in sizes.items():
+        moved = []
+        for k in range(1, n):
+            perm = [int(i) for i in result.perms[group][k]]
+            base = [int(i) for i in result.perms[group][0]]
+            moved.append(str(sum(p != b for p, b in zip(perm, base, strict=True))))
+        print(f"  {group:<{width}}  {size:>5}  {', '.join(moved)}")
+
+
+def run_fuse(args: argparse.Namespace) -> int:
+    """Read the inputs, match and merge them, write the fused model atomically, report."""
+    import gamfsolve
+
+    inputs = [Path(p) for p in args.inputs]
+    output = Path(args.output)
+    _check_args(inputs, output, args)
+    loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
+    try:
+        sizes = loaded.spec.group_sizes({k: tuple(v.shape) for k, v in loaded.arrays[0].items()})
+        result = gamfsolve.match(loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed)
+        fused = gamfsolve.merge(loaded.arrays, loaded.spec, result, weights=args.weights)
+    except FusionError as exc:
+        raise CliError(f"cannot fuse {', '.join(map(str, inputs))}: {exc}", EXIT_MISMATCH) from exc
+    write_atomic(output, lambda tmp: loaded.write(fused, tmp))
+    if not args.quiet:
+        _report(loaded.description, result, dict(sizes), output)
+    return 0

@@ -1,0 +1,291 @@
+"""The ``gamfsolve`` command line: help, dispatch, and ``fuse`` round trips and failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
+
+import numpy as np
+import pytest
+
+import gamfsolve
+from gamfsolve.cli import main
+
+torch = pytest.importorskip("torch")
+from gamfsolve.adapters import torch as gt  # noqa: E402
+
+FACTORY_MODULE = "gamfsolve_cli_test_models"
+FACTORY = f"{FACTORY_MODULE}:small"
+FACTORY_SOURCE = """
+import torch
+from torch import nn
+
+def small():
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+def wide():
+    return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 3))
+
+not_callable = 3
+"""
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch folder (the working directory) with an importable factory module."""
+    (tmp_path / f"{FACTORY_MODULE}.py").write_text(FACTORY_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop(FACTORY_MODULE, None)
+    return tmp_path
+
+
+def _module(seed: int, kind: str = "small") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    widths = (16, 8) if kind == "small" else (20, 8)
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, widths[0]),
+        torch.nn.ReLU(),
+        torch.nn.Linear(*widths),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 3),
+    )
+
+
+def _expected(modules: list[torch.nn.Module], method: str, weights: list[float] | None = None) -> dict[str, np.ndarray]:
+    spec = gt.spec_from_module(modules[0], torch.randn(2, 12))
+    arrays = [{k: v.numpy() for k, v in gt.to_arrays(m).items()} for m in modules]
+    return gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=0)
+
+
+def _close(state: dict, expected: dict[str, np.ndarray]) -> None:
+    assert set(state) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.asarray(state[name]), value, rtol=1e-5, atol=1e-6)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# --- help and dispatch ---------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "fuse", "bench"):
+        assert command in out
+
+
+def test_fuse_help_documents_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fuse", "--help"])
+    out = capsys.readouterr().out
+    assert "exit status" in out and "--model" in out and "safe mode" in out
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "gamfsolve", "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and gamfsolve.__version__ in done.stdout
+
+
+def test_bench_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = pytest.importorskip("gamfsolve.bench")
+    seen: list[list[str]] = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--json", "--quick"]) == 0
+    assert seen == [["--json", "--quick"]]
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_fuse_state_dicts(work: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    modules = [_module(s) for s in range(3)]
+    for k, m in enumerate(modules):
+        gt.save_state(m, work / f"m{k}{suffix}")
+    args = ["fuse", *(f"m{k}{suffix}" for k in range(3)), "-o", f"out{suffix}", "--model", FACTORY]
+    status, out, err = _run(capsys, *args, "--input-shape", "12", "--method", "weight_matching", "--seed", "0")
+    assert status == 0, err
+    assert "weight_matching" in out and "iterations" in out and "permuted groups" in out
+    fused = gt.load_state(work / f"out{suffix}", FACTORY)
+    _close(gt.to_arrays(fused), _expected(modules, "weight_matching"))
+    assert not [p for p in work.iterdir() if ".tmp" in p.name]
+
+
+def test_fuse_state_dicts_with_weights_and_gamf(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    modules = [_module(s) for s in range(2)]
+    for k, m in enumerate(modules):
+        gt.save_state(m, work / f"m{k}.pt")
+    args = ["fuse", "m0.pt", "m1.pt", "-o", "out.pt", "--model", FACTORY, "--input-shape", "12", "--seed", "0"]
+    status, out, err = _run(capsys, *args, "--weights", "3", "1")
+    assert status == 0, err
+    assert "with gamf" in out
+    fused = gt.load_state(work / "out.pt", FACTORY)
+    result = gamfsolve.match(
+        [{k: v.numpy() for k, v in gt.to_arrays(m).items()} for m in modules],
+        gt.spec_from_module(modules[0], torch.randn(2, 12)),
+        method="gamf",
+        seed=0,
+    )
+    assert result.n_models == 2
+    assert set(gt.to_arrays(fused)) == set(gt.to_arrays(modules[0]))
+
+
+def test_fuse_export_programs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    modules = [_module(s) for s in range(2)]
+    for k, m in enumerate(modules):
+        torch.export.save(torch.export.export(m.eval(), (torch.randn(2, 12),)), str(work / f"m{k}.pt2"))
+    status, _, err = _run(capsys, "fuse", "m0.pt2", "m1.pt2", "-o", "out.pt2", "--method", "ot", "--seed", "0")
+    assert status == 0, err
+    program = torch.export.load(str(work / "out.pt2"))
+    expected = _expected(modules, "ot")
+    _close({k: v.detach() for k, v in program.state_dict.items()}, expected)
+    x = torch.randn(2, 12)  # exported with a static batch of 2
+    reference = gt.from_arrays(modules[0], expected)
+    torch.testing.assert_close(program.module()(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+# Keras 3 saving converts variables with np.array(copy=False) semantics; NumPy 2 warns about it.
+KERAS_SAVE_WARNING = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
+def _keras_mlp(seed: int, width: int = 16):
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            layers.Dense(width, activation="relu"),
+            layers.Dense(8, activation="relu"),
+            layers.Dense(3),
+        ]
+    )
+
+
+@KERAS_SAVE_WARNING
+def test_fuse_keras_files(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gk = pytest.importorskip("gamfsolve.adapters.keras")
+    models = [_keras_mlp(s) for s in range(2)]
+    for k, m in enumerate(models):
+        gk.save_model(m, work / f"k{k}.keras")
+    status, _, err = _run(
+        capsys, "fuse", "k0.keras", "k1.keras", "-o", "out.keras", "--method", "weight_matching", "--seed", "0"
+    )
+    assert status == 0, err
+    fused = gk.load_model(work / "out.keras")
+    loaded = [gk.load_model(work / f"k{k}.keras") for k in range(2)]
+    expected = gk.fuse_models(loaded, method="weight_matching", seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype("float32")
+    np.testing.assert_allclose(np.asarray(fused(x).detach()), np.asarray(expected(x).detach()), rtol=1e-5, atol=1e-5)
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(work: Path) -> Path:
+    """Two good state dicts, programs and Keras files, plus bad ones of each kind."""
+    for k in range(2):
+        gt.save_state(_module(k), work / f"m{k}.pt")
+        torch.export.save(torch.export.export(_module(k).eval(), (torch.randn(2, 12),)), str(work / f"m{k}.pt2"))
+    gt.save_state(_module(5, "wide"), work / "wide.pt")
+    torch.export.save(torch.export.export(_module(5, "wide").eval(), (torch.randn(2, 12),)), str(work / "wide.pt2"))
+    torch.save(_module(0), work / "pickled.pt")
+    for name in ("junk.pt", "junk.pt2", "junk.keras", "junk.safetensors"):
+        (work / name).write_bytes(b"this is not a model")
+    (work / "model.onnx").write_bytes(b"x")
+    return work
+
+
+SD = ["--model", FACTORY, "--input-shape", "12"]
+
+FAILURES = {
+    "unknown format": (["m0.pt", "model.onnx", "-o", "o.pt", *SD], 2, "unknown model format"),
+    "mixed formats": (["m0.pt", "m1.pt2", "-o", "o.pt", *SD], 2, "one format"),
+    "output is an input": (["m0.pt", "m1.pt", "-o", "m1.pt", *SD], 2, "is one of the inputs"),
+    "output in another format": (["m0.pt2", "m1.pt2", "-o", "o.pt"], 2, "inputs' format"),
+    "one input": (["m0.pt", "-o", "o.pt", *SD], 2, "at least two"),
+    "weights count": (["m0.pt", "m1.pt", "-o", "o.pt", *SD, "--weights", "1"], 2, "--weights"),
+    "no factory": (["m0.pt", "m1.pt", "-o", "o.pt"], 2, "--model"),
+    "bad factory": (["m0.pt", "m1.pt", "-o", "o.pt", "--model", "no_such_mod:f", "--input-shape", "12"], 2, "import"),
+    "factory not callable": (["m0.pt", "m1.pt", "-o", "o.pt", "--model", f"{FACTORY_MODULE}:not_callable"], 2, "call"),
+    "no input shape": (["m0.pt", "m1.pt", "-o", "o.pt", "--model", FACTORY], 2, "--input-shape"),
+    "bad input shape": (["m0.pt", "m1.pt", "-o", "o.pt", "--model", FACTORY, "--input-shape", "a,b"], 2, "shape"),
+    "factory for a program": (["m0.pt2", "m1.pt2", "-o", "o.pt2", "--model", FACTORY], 2, "only for state dicts"),
+    "missing file": (["m0.pt", "nope.pt", "-o", "o.pt", *SD], 3, "no such file"),
+    "corrupt state dict": (["m0.pt", "junk.pt", "-o", "o.pt", *SD], 3, "junk.pt"),
+    "pickled module": (["m0.pt", "pickled.pt", "-o", "o.pt", *SD], 3, "unpickling"),
+    "corrupt safetensors": (["junk.safetensors", "junk.safetensors", "-o", "o.safetensors", *SD], 3, "junk"),
+    "corrupt program": (["m0.pt2", "junk.pt2", "-o", "o.pt2"], 3, "junk.pt2"),
+    "corrupt keras": (["junk.keras", "junk.keras", "-o", "o.keras"], 3, "junk.keras"),
+    "state dict of another architecture": (["m0.pt", "wide.pt", "-o", "o.pt", *SD], 4, "architecture"),
+    "program of another architecture": (["m0.pt2", "wide.pt2", "-o", "o.pt2"], 4, "wide.pt2"),
+    "no output folder": (["m0.pt", "m1.pt", "-o", "no/such/dir/o.pt", *SD], 5, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_fuse_failures(files: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected_status, fragment = FAILURES[case]
+    before = sorted(p.name for p in files.iterdir())
+    status, out, err = _run(capsys, "fuse", *argv, "--method", "average")
+    assert status == expected_status, err
+    assert fragment in err and err.startswith("gamfsolve fuse: error:")
+    assert out == ""
+    assert sorted(p.name for p in files.iterdir() if p.name != "__pycache__") == [
+        b for b in before if b != "__pycache__"
+    ]
+
+
+@KERAS_SAVE_WARNING
+def test_fuse_keras_architecture_mismatch(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gk = pytest.importorskip("gamfsolve.adapters.keras")
+    gk.save_model(_keras_mlp(0), work / "a.keras")
+    gk.save_model(_keras_mlp(1, width=20), work / "b.keras")
+    status, _, err = _run(capsys, "fuse", "a.keras", "b.keras", "-o", "o.keras", "--method", "average")
+    assert status == 4 and "b.keras" in err
+    assert not (work / "o.keras").exists()
+
+
+def test_fuse_refuses_to_replace_without_force(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (files / "o.pt").write_bytes(b"keep me")
+    args = ["fuse", "m0.pt", "m1.pt", "-o", "o.pt", *SD, "--method", "average"]
+    status, _, err = _run(capsys, *args)
+    assert status == 2 and "--force" in err and (files / "o.pt").read_bytes() == b"keep me"
+    status, _, err = _run(capsys, *args, "--force")
+    assert status == 0, err
+    assert (files / "o.pt").read_bytes() != b"keep me"
+
+
+class _Payload:
+    """A pickle that would create a marker file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_fuse_never_unpickles_code(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = files / "pwned"
+    torch.save({"layer": _Payload(marker)}, files / "evil.pt")
+    status, _, err = _run(capsys, "fuse", "m0.pt", "evil.pt", "-o", "o.pt", *SD)
+    assert status == 3, err
+    assert not marker.exists()
