@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ._affinity import AFFINITIES, group_affinity, map_columns, param_sigmas, standardize
+from ._affinity import AFFINITIES, param_sigmas
 from ._api import match, register_method
 from ._assign import hungarian, sinkhorn
 from ._errors import ConvergenceWarning, FusionError
-from ._features import color_groups, unit_features
+from ._features import color_groups
 from ._objective import matched_affinity
 from ._result import MatchResult
+from ._scores import GroupScores, value_ranges
 from ._spec import PermutationSpec
 from ._validate import Checked
 from ._xp import from_host, to_host
@@ -53,22 +54,14 @@ class _Problem:
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.universe, self.device = universe, checked.device
         self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
+        self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
+        self.ranges = value_ranges(models, list(sigmas), checked.xp)
 
-    def partners(self, k: int) -> list[int]:
-        return [j for j in range(len(self.models)) if j != k] if self.universe else [0]
-
-    def scores(self, k: int, group: str, maps: list[Maps]) -> Array:
-        """Standardised gradient ``R_g^(k)`` (Alg. 1 line 5; Alg. 2 line 6)."""
-        xp = self.xp
-        own = unit_features(self.models[k], self.spec, group, self.sizes, maps[k], xp)
-        total = None
-        for j in self.partners(k):
-            other = unit_features(self.models[j], self.spec, group, self.sizes, maps[j], xp)
-            a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
-            term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
-            total = term if total is None else total + term
-        return standardize(total, xp)
+    def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
+        """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
+        return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
+                           sigmas=self.sigmas, ranges=self.ranges, kind=self.kind, kernel=self.kernel, xp=self.xp)
 
 
 def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) -> list[Maps]:
@@ -144,15 +137,19 @@ def _gamf(
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
+            state = {g: prob.group_scores(g, maps) for g in color}
             for k in prob.movers:
-                scores = {g: prob.scores(k, g, maps) for g in color}
+                scores = {g: state[g].scores(k, maps) for g in color}
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
-                    maps[k].update(zip(color, hungarian(list(scores.values()), xp), strict=True))
-                    continue
-                for g, r in scores.items():
-                    p, potentials[k, g], _ = sinkhorn(r, tau, xp, tol=sinkhorn_tol, max_iter=sinkhorn_max_iter,
-                                                      v=potentials.get((k, g)))
-                    maps[k][g] = p
+                    new = dict(zip(color, hungarian(list(scores.values()), xp), strict=True))
+                else:
+                    new = {}
+                    for g, r in scores.items():
+                        new[g], potentials[k, g], _ = sinkhorn(r, tau, xp, tol=sinkhorn_tol,
+                                                               max_iter=sinkhorn_max_iter, v=potentials.get((k, g)))
+                for g, m in new.items():
+                    state[g].moved(k, maps[k].get(g), m)
+                    maps[k][g] = m
         if not discrete:
             sweeps_at_tau += 1
             if _change(old, maps, prob.movers, xp) < tol or sweeps_at_tau >= max_sweeps:
