@@ -107,7 +107,7 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
                         row[name] = None
                         continue
                     _dispatch(x, y, 1.0, name, 1e-6)  # warm up: compile, build bases
-                    t, (r, used) = _best(lambda name=name: _dispatch(x, y, 1.0, name, 1e-6), repeat)
+                    t, (r, used) = _best(lambda x=x, y=y, name=name: _dispatch(x, y, 1.0, name, 1e-6), repeat)
                     err = float(np.max(np.abs(r.astype(np.float64) - exact))) / peak
                     row[name] = {"time_s": t, "rel_err": err, "used": used}
                 rows.append(row)
@@ -229,9 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         _parser().error(f"unknown section(s) {unknown}")
 
-    def log(line: str) -> None:
-        if not args.json:
-            print(line, flush=True)
+    def log(line: str) -> None:  # with --json the tables go to stderr, the document to stdout
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     report: dict[str, Any] = {"machine": _machine(), "quick": args.quick, "argv": list(argv or [])}
     log(f"machine: {report['machine']}")

@@ -66,25 +66,30 @@ def _compiled() -> Any:
     @numba.njit(parallel=True, fastmath=True, cache=_use_cache())
     def cheb_features(t, w, out):  # pragma: no cover - compiled
         # out[a, j, e] = sum_k T_k(t[a, e]) w[k, j]: the recurrence fused with the basis change,
-        # vectorised over the edges e; row a is written by one thread only.
+        # in blocks of 64 edges so T (q x 64) and one accumulator stay in L1; vectorised over e.
         n, n_edges = t.shape
         q, r = w.shape
+        blk = 64
         for a in numba.prange(n):
-            ta = t[a]
-            prev = np.ones_like(ta)
-            cur = ta.copy()
-            nxt = np.empty_like(ta)
-            for j in range(r):
-                for e in range(n_edges):
-                    out[a, j, e] = w[0, j] + w[1, j] * ta[e]
-            for k in range(2, q):
-                for e in range(n_edges):
-                    nxt[e] = 2.0 * ta[e] * cur[e] - prev[e]
-                prev, cur, nxt = cur, nxt, prev
+            cheb = np.empty((q, blk), dtype=out.dtype)
+            acc = np.empty(blk, dtype=out.dtype)
+            for e0 in range(0, n_edges, blk):
+                width = min(blk, n_edges - e0)
+                for i in range(width):
+                    cheb[0, i] = 1.0
+                    cheb[1, i] = t[a, e0 + i]
+                for k in range(2, q):
+                    for i in range(width):
+                        cheb[k, i] = 2.0 * cheb[1, i] * cheb[k - 1, i] - cheb[k - 2, i]
                 for j in range(r):
-                    wkj = w[k, j]
-                    for e in range(n_edges):
-                        out[a, j, e] += wkj * cur[e]
+                    for i in range(width):
+                        acc[i] = w[0, j]
+                    for k in range(1, q):
+                        wkj = w[k, j]
+                        for i in range(width):
+                            acc[i] += wkj * cheb[k, i]
+                    for i in range(width):
+                        out[a, j, e0 + i] = acc[i]
 
     return scalar_edges, vector_edges, cheb_features
 
