@@ -1,4 +1,4 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, demo.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, demo, ensemble.
 
 Every session installs through constraints.txt, which pins torch to the CPU build on the
 project's machines; a user elsewhere is free to drop it.
@@ -76,3 +76,10 @@ def demo(session: nox.Session) -> None:
     """The main job: train small models on bundled data, fuse them by every method, compare."""
     _install(session, "torch,examples")
     session.run("python", "-m", "gamfsolve", "demo", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def ensemble(session: nox.Session) -> None:
+    """The paper's compact-ensemble protocol on MNIST; writes examples/ensemble/RESULTS.md and figures."""
+    _install(session, "torch,examples")
+    session.run("python", "examples/ensemble/run.py", *session.posargs, env=ENV)

@@ -50,6 +50,8 @@ def _load(data: str | None, seed: int) -> tuple[Any, Any]:
     from . import datasets
     from ._errors import FusionError
 
+    if data is not None and not all((Path(data) / name).is_file() for name in (datasets._IMAGES, datasets._LABELS)):
+        raise CliError(f"--data {data}: no MNIST idx files ({datasets._IMAGES}, {datasets._LABELS}) there")
     try:
         ds = datasets.load_images(data)
     except (FusionError, OSError) as exc:
@@ -115,6 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from . import _demo, datasets
 
+    methods = _methods(args.methods)
     start = perf_counter()
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -137,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
     spec = _demo.spec_for("mlp", side)
     arrays = [_demo.to_arrays(m) for m in models]
     rows = []
-    for method in tqdm(_methods(args.methods), desc="fusing", unit="method", file=sys.stderr):
+    for method in tqdm(methods, desc="fusing", unit="method", file=sys.stderr):
         result = gamfsolve.match(arrays, spec, method=method, seed=args.seed)
         fused = _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, result))
         acc = _demo.accuracy(fused, test.x, test.y)

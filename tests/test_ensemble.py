@@ -1,0 +1,96 @@
+"""A tiny run of the compact-ensemble protocol (examples/ensemble) on the bundled digits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ensemble"
+
+
+@pytest.fixture(scope="module")
+def ep():  # type: ignore[no-untyped-def]
+    """The example's protocol module, imported from its folder."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import ensemble_protocol
+
+        yield ensemble_protocol
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    from gamfsolve import datasets
+
+    return datasets.load_digits().split(1400, 397, seed=0)
+
+
+@pytest.fixture(scope="module")
+def records(ep, digits):  # type: ignore[no-untyped-def]
+    """Both partitions, N = 2, one seed: 64-64 MLPs, 20 epochs, one finetuning epoch."""
+    torch.set_num_threads(2)
+    proto = ep.Protocol(archs=("mlp",), n_models=(2,), seeds=(0,), methods=("average", "gamf"), width=64, epochs=20)
+    train, test = digits
+    return {part: ep.run_config(proto, train, test, "mlp", 2, part, 0) for part in ("homog", "hetero")}
+
+
+@pytest.mark.parametrize("partition", ["homog", "hetero"])
+def test_gamf_one_shot_beats_vanilla_averaging(records, partition: str) -> None:  # type: ignore[no-untyped-def]
+    record, _ = records[partition]
+    gamf, average = record["methods"]["gamf"], record["methods"]["average"]
+    assert gamf["one_shot"] > average["one_shot"] + 5, record
+
+
+def test_record_is_complete_and_finetuning_helps(records) -> None:  # type: ignore[no-untyped-def]
+    record, models = records["homog"]
+    assert len(models) == 2 and len(record["individual"]) == 2 and sum(record["share_sizes"]) == 1400
+    json.dumps(record)  # JSON-ready
+    for method in ("average", "gamf"):
+        entry = record["methods"][method]
+        assert entry["finetuned"] >= entry["one_shot"] - 1.0
+        assert entry["time"] >= 0 and entry["n_iter"] >= 0
+
+
+def test_interpolation_ends_at_the_two_models(ep, digits, records) -> None:  # type: ignore[no-untyped-def]
+    from gamfsolve import _demo
+
+    _, models = records["homog"]
+    train, test = digits
+    proto = ep.Protocol(methods=("average",), width=64)
+    curves = ep.interpolate(proto, models, _demo.spec_for("mlp", train.x.shape[1]), test, steps=3)
+    acc = curves["curves"]["average"]
+    assert len(acc) == 3 and curves["s"] == [0.0, 0.5, 1.0]
+    assert acc[0] == pytest.approx(curves["model_a"]) and acc[-1] == pytest.approx(curves["model_b"])
+
+
+def test_report_renders(ep, records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import ensemble_report as er
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    recs = [r for r, _ in records.values()]
+    meta = {
+        "dataset": "digits",
+        "n_train": 1400,
+        "n_test": 397,
+        "alpha": 0.5,
+        "epochs": 20,
+        "finetune_epochs": 1,
+        "lr": 1e-3,
+        "seeds": [0],
+        "threads": 2,
+        "total_minutes": 0.1,
+    }
+    text = er.markdown(recs, meta, ["average", "gamf"])
+    assert "| homog | 2 |" in text and "| hetero | 2 |" in text and "**gamf**" in text
+    er.summary_figure(tmp_path / "summary.png", recs, ["average", "gamf"])
+    assert (tmp_path / "summary.png").stat().st_size > 1000
