@@ -29,7 +29,8 @@ Shapes = dict[str, tuple[int, ...]]
 def _mlp(scale: int) -> tuple[PermutationSpec, Shapes]:
     widths = [784, 1024 // scale, 1024 // scale, 1024 // scale, 10]
     groups: list[str | None] = [None, "h0", "h1", "h2", None]
-    parts, shapes = [], {}
+    parts: list = []
+    shapes: Shapes = {}
     for i in range(4):
         parts.append(dense(f"fc{i}", groups[i], groups[i + 1]))
         shapes[f"fc{i}.weight"] = (widths[i + 1], widths[i])
@@ -40,7 +41,8 @@ def _mlp(scale: int) -> tuple[PermutationSpec, Shapes]:
 def _vgg11(scale: int) -> tuple[PermutationSpec, Shapes]:
     widths = [3] + [w // scale for w in (64, 128, 256, 256, 512, 512, 512, 512)]
     groups: list[str | None] = [None] + [f"c{i}" for i in range(8)]
-    parts, shapes = [], {}
+    parts: list = []
+    shapes: Shapes = {}
     for i in range(8):
         parts.append(conv(f"features.{i}", groups[i], groups[i + 1]))
         shapes[f"features.{i}.weight"] = (widths[i + 1], widths[i], 3, 3)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -92,8 +93,9 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
         for dtype in (np.float32, np.float64):
             for scale in scales:
                 rng = np.random.default_rng(0)
-                x = (scale * rng.standard_normal((n, e, d))).astype(dtype)
-                y = (x[rng.permutation(n)] + 0.3 * scale * rng.standard_normal((n, e, d))).astype(dtype)
+                base = scale * rng.standard_normal((n, e, d))
+                x = base.astype(dtype)
+                y = (base[rng.permutation(n)] + 0.3 * scale * rng.standard_normal((n, e, d))).astype(dtype)
                 x64, y64 = x.astype(np.float64), y.astype(np.float64)
                 exact = (
                     edge_affinity_numba(x64, y64, 1.0) if available() else _dispatch(x64, y64, 1.0, "matmul", 1e-12)[0]
@@ -108,7 +110,8 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
                         row[name] = None
                         continue
                     _dispatch(x, y, 1.0, name, 1e-6)  # warm up: compile, build bases
-                    t, (r, used) = _best(lambda x=x, y=y, name=name: _dispatch(x, y, 1.0, name, 1e-6), repeat)
+                    run: Callable[[], Any] = partial(_dispatch, x, y, 1.0, name, 1e-6)
+                    t, (r, used) = _best(run, repeat)
                     err = float(np.max(np.abs(r.astype(np.float64) - exact))) / peak
                     row[name] = {"time_s": t, "rel_err": err, "used": used}
                 rows.append(row)
