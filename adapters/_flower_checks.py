@@ -1,0 +1,122 @@
+"""Screening of Flower training replies: which clients may enter a round's aggregation.
+
+A reply is left out (with a logged warning naming the node and the reason) when it carries
+an error, has not exactly one ArrayRecord, lacks a usable example count, has a different key
+set or shape from the reference model, or holds NaN/Inf in a floating-point array.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+__all__ = ["Accepted", "Signature", "screen_replies", "signature_of"]
+
+logger = logging.getLogger("gamfsolve.adapters.flower")
+
+Signature = dict[str, tuple[tuple[int, ...], str]]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One client's update that passed the checks."""
+
+    node_id: int
+    arrays: dict[str, np.ndarray]
+    weight: float
+    content: RecordDict
+
+
+def signature_of(arrays: Mapping[str, np.ndarray]) -> Signature:
+    """Name -> (shape, dtype kind) of a model's arrays; the structure updates must match."""
+    return {
+        k: (tuple(v.shape), "f" if np.issubdtype(v.dtype, np.floating) else v.dtype.kind) for k, v in arrays.items()
+    }
+
+
+def _node(msg: Message) -> int:
+    try:
+        return int(msg.metadata.src_node_id)
+    except (AttributeError, TypeError, ValueError):
+        return -1
+
+
+def _weight(content: RecordDict, key: str, required: bool) -> float | str:
+    """The example count of a reply, or the reason it is unusable."""
+    records = list(content.metric_records.values())
+    if len(records) != 1:
+        return 1.0 if not required else f"expected one MetricRecord, found {len(records)}"
+    value = records[0].get(key)
+    if value is None:
+        return 1.0 if not required else f"MetricRecord has no {key!r} entry"
+    if isinstance(value, list) or not math.isfinite(float(value)) or float(value) <= 0:
+        return 1.0 if not required else f"{key!r} must be a positive finite number, got {value!r}"
+    return float(value)
+
+
+def _arrays(content: RecordDict) -> dict[str, np.ndarray] | str:
+    records = list(content.array_records.values())
+    if len(records) != 1:
+        return f"expected one ArrayRecord, found {len(records)}"
+    try:
+        return {k: v.numpy() for k, v in records[0].items()}
+    except Exception as exc:  # a corrupt payload must not stop the round
+        return f"arrays could not be decoded ({exc})"
+
+
+def _mismatch(arrays: Mapping[str, np.ndarray], reference: Signature) -> str | None:
+    """Why ``arrays`` does not fit ``reference`` (None when it does)."""
+    if set(arrays) != set(reference):
+        missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
+        return f"wrong key set (missing {missing}, unexpected {extra})"
+    for name, (shape, kind) in reference.items():
+        got = signature_of({name: arrays[name]})[name]
+        if got[0] != shape:
+            return f"{name!r} has shape {got[0]}, expected {shape}"
+        if (got[1] == "f") != (kind == "f"):
+            return f"{name!r} has dtype {arrays[name].dtype}, expected {'floating' if kind == 'f' else 'non-floating'}"
+    for name, x in arrays.items():
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            return f"{name!r} contains NaN or Inf"
+    return None
+
+
+def screen_replies(
+    replies: Iterable[Message], reference: Signature | None, *, weight_key: str, need_weight: bool, server_round: int
+) -> list[Accepted]:
+    """The replies fit to aggregate; every rejected one is logged at WARNING level.
+
+    Without a ``reference`` (the global model the server sent), the most common structure
+    among the replies is taken as the reference.
+    """
+    decoded: list[tuple[int, dict[str, np.ndarray], float, RecordDict]] = []
+    for msg in replies:
+        node = _node(msg)
+        if msg.has_error():
+            logger.warning("round %d: node %d failed and is left out: %s", server_round, node, msg.error.reason)
+            continue
+        arrays = _arrays(msg.content)
+        weight = _weight(msg.content, weight_key, need_weight)
+        if isinstance(arrays, str) or isinstance(weight, str):
+            reason = arrays if isinstance(arrays, str) else weight
+            logger.warning("round %d: node %d left out: %s", server_round, node, reason)
+            continue
+        decoded.append((node, arrays, weight, msg.content))
+    if reference is None and decoded:
+        keys = Counter(repr(sorted(signature_of(a).items())) for _, a, _, _ in decoded)
+        common = keys.most_common(1)[0][0]
+        reference = next(signature_of(a) for _, a, _, _ in decoded if repr(sorted(signature_of(a).items())) == common)
+    accepted: list[Accepted] = []
+    for node, arrays, weight, content in decoded:
+        mismatch = _mismatch(arrays, reference) if reference is not None else None
+        if mismatch is not None:
+            logger.warning("round %d: node %d left out: %s", server_round, node, mismatch)
+            continue
+        accepted.append(Accepted(node, arrays, weight, content))
+    return accepted

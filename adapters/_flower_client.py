@@ -1,0 +1,198 @@
+"""Flower clients for :class:`gamfsolve.adapters.flower.FedGAMF`: plain local training and MOON.
+
+MOON (Li, He & Song, CVPR 2021) adds a model-contrastive term to the local loss: the local
+model's projection-head representation ``z`` is pulled toward the global model's ``z_glob``
+and pushed from the previous local model's ``z_prev``::
+
+    l_con = -log( exp(cos(z, z_glob)/T) / (exp(cos(z, z_glob)/T) + exp(cos(z, z_prev)/T)) )
+    loss  = cross_entropy(logits, y) + mu * l_con
+
+A model used with MOON must define ``forward_repr(x) -> (z, logits)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from gamfsolve import FusionError
+
+__all__ = ["evaluate_model", "make_client_app", "moon_loss", "train_local"]
+
+logger = logging.getLogger("gamfsolve.adapters.flower")
+
+DataFn = Callable[[Context], tuple[torch.Tensor, torch.Tensor]]
+PREVIOUS_KEY = "gamfsolve-moon-previous"
+
+
+def moon_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """MOON's model-contrastive loss, averaged over the batch (shapes ``(B, d)``)."""
+    pos = nn.functional.cosine_similarity(z, z_glob, dim=-1)
+    neg = nn.functional.cosine_similarity(z, z_prev, dim=-1)
+    logits = torch.stack([pos, neg], dim=1) / temperature
+    return nn.functional.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
+
+
+def _repr(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    forward_repr = getattr(model, "forward_repr", None)
+    if forward_repr is None:
+        raise FusionError(
+            f"MOON needs the model to define forward_repr(x) -> (z, logits); {type(model).__name__} does not"
+        )
+    z, logits = forward_repr(x)
+    return z, logits
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    mu: float = 0.0,
+    temperature: float = 0.5,
+    global_model: nn.Module | None = None,
+    previous_model: nn.Module | None = None,
+    seed: int | None = None,
+) -> float:
+    """Train ``model`` in place with Adam on ``(x, y)``; return the mean training loss.
+
+    With ``mu > 0`` the MOON term is added, comparing with ``global_model`` (required) and
+    ``previous_model`` (defaults to the global model, as in MOON's first round).
+    """
+    if mu > 0 and global_model is None:
+        raise FusionError("MOON (mu > 0) needs the global model")
+    frozen = [m for m in (global_model, previous_model) if m is not None]
+    for m in frozen:
+        m.eval()
+    previous_model = previous_model if previous_model is not None else global_model
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad()
+            if mu > 0:
+                z, logits = _repr(model, xb)
+                with torch.no_grad():
+                    z_glob, _ = _repr(global_model, xb)  # type: ignore[arg-type]
+                    z_prev, _ = _repr(previous_model, xb)  # type: ignore[arg-type]
+                loss = nn.functional.cross_entropy(logits, yb) + mu * moon_loss(z, z_glob, z_prev, temperature)
+            else:
+                loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    return loss / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _global_arrays(msg: Message) -> ArrayRecord:
+    records = list(msg.content.array_records.values())
+    if len(records) != 1:
+        raise FusionError(f"expected one ArrayRecord with the global model, found {len(records)}")
+    return records[0]
+
+
+def _config(msg: Message) -> dict[str, Any]:
+    records = list(msg.content.config_records.values())
+    return dict(records[0]) if records else {}
+
+
+def make_client_app(
+    model_fn: Callable[[], nn.Module],
+    data_fn: DataFn,
+    *,
+    algorithm: Literal["local", "moon"] = "local",
+    epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    mu: float = 1.0,
+    temperature: float = 0.5,
+    seed: int = 0,
+    eval_data_fn: DataFn | None = None,
+) -> ClientApp:
+    """A Flower ``ClientApp`` that trains a PyTorch model locally (plainly or with MOON).
+
+    ``model_fn()`` builds a fresh model; ``data_fn(context)`` returns this node's training
+    tensors ``(x, y)`` (e.g. chosen by ``context.node_config["partition-id"]``). The train
+    reply carries the state dict and ``{"train-loss", "num-examples"}``; the evaluate reply
+    ``{"loss", "accuracy", "num-examples"}`` on ``eval_data_fn`` (default: the training data).
+    The config keys ``local-epochs``, ``lr`` and ``mu`` override the defaults per round. MOON
+    keeps the previous local model in ``context.state`` (and reports ``moon-had-previous``).
+    """
+    if algorithm not in ("local", "moon"):
+        raise FusionError(f"algorithm must be 'local' or 'moon', got {algorithm!r}")
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = _config(msg)
+        global_arrays = _global_arrays(msg)
+        model = model_fn()
+        model.load_state_dict(global_arrays.to_torch_state_dict())
+        x, y = data_fn(context)
+        extra: dict[str, Any] = {}
+        if algorithm == "moon":
+            extra["global_model"] = copy.deepcopy(model)
+            if PREVIOUS_KEY in context.state:
+                previous = model_fn()
+                previous.load_state_dict(context.state[PREVIOUS_KEY].to_torch_state_dict())  # type: ignore[union-attr]
+                extra["previous_model"] = previous
+            extra["mu"] = float(cfg.get("mu", mu))
+            extra["temperature"] = temperature
+        partition = int(context.node_config.get("partition-id", 0))
+        loss = train_local(
+            model,
+            x,
+            y,
+            epochs=int(cfg.get("local-epochs", epochs)),
+            lr=float(cfg.get("lr", lr)),
+            batch_size=batch_size,
+            seed=seed * 1_000_003 + int(cfg.get("server-round", 0)) * 1009 + partition,
+            **extra,
+        )
+        state = ArrayRecord(model.state_dict())
+        if algorithm == "moon":
+            context.state[PREVIOUS_KEY] = ArrayRecord(model.state_dict())
+        metrics = MetricRecord({"train-loss": loss, "num-examples": len(y)})
+        if algorithm == "moon":
+            metrics["moon-had-previous"] = float("previous_model" in extra)
+        return Message(content=RecordDict({"arrays": state, "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        model = model_fn()
+        model.load_state_dict(_global_arrays(msg).to_torch_state_dict())
+        x, y = (eval_data_fn or data_fn)(context)
+        loss, acc = evaluate_model(model, x, y)
+        metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(y)})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

@@ -1,0 +1,213 @@
+"""FedGAMF's aggregation, called directly with crafted Flower messages, and the clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+torch = pytest.importorskip("torch")
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from gamfsolve.adapters.flower import FedGAMF, moon_loss, train_local  # noqa: E402
+
+import gamfsolve  # noqa: E402
+from gamfsolve import FusionError, mlp_spec  # noqa: E402
+
+SPEC = mlp_spec(2)  # layers.0: (8, 4), layers.1: (3, 8); hidden group h0
+LOGGER = "gamfsolve.adapters.flower"
+
+
+@pytest.fixture(autouse=True)
+def _server_identity() -> Iterator[None]:
+    """Flower only builds Messages inside a task: pose as the ServerApp of run 1 (restored after)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "layers.0.weight": rng.normal(size=(8, 4)).astype(np.float32),
+        "layers.0.bias": rng.normal(size=8).astype(np.float32),
+        "layers.1.weight": rng.normal(size=(3, 8)).astype(np.float32),
+        "layers.1.bias": rng.normal(size=3).astype(np.float32),
+        "steps": np.array(seed + 7, dtype=np.int64),
+    }
+
+
+def _permuted(model: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
+    out = dict(model)
+    out["layers.0.weight"] = model["layers.0.weight"][perm]
+    out["layers.0.bias"] = model["layers.0.bias"][perm]
+    out["layers.1.weight"] = model["layers.1.weight"][:, perm]
+    return out
+
+
+def _forward(m: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    h = np.maximum(x @ m["layers.0.weight"].T + m["layers.0.bias"], 0)
+    return h @ m["layers.1.weight"].T + m["layers.1.bias"]
+
+
+def _reply(
+    node: int, arrays: dict[str, np.ndarray] | None, n: float | None = 10, *, error: str | None = None
+) -> Message:
+    instruction = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    if error is not None:
+        return Message(Error(code=1, reason=error), reply_to=instruction)
+    content = RecordDict()
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+    content["metrics"] = MetricRecord({} if n is None else {"num-examples": n})
+    return Message(content=content, reply_to=instruction)
+
+
+def _np(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def test_average_method_equals_fedavg_and_keeps_keys() -> None:
+    models = [_model(0), _model(1), _model(2)]
+    replies = [_reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, [10, 30, 60], strict=True))]
+    ours, metrics = FedGAMF(SPEC, method="average").aggregate_train(1, replies)
+    theirs, _ = FedAvg().aggregate_train(1, replies)
+    assert ours is not None and theirs is not None and metrics is not None
+    assert list(ours.keys()) == list(models[0])
+    got, want = _np(ours), _np(theirs)
+    for k in models[0]:
+        if k != "steps":
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+    assert got["steps"].dtype == np.int64 and int(got["steps"]) == 7  # non-float: first client's, dtype kept
+
+
+def test_uniform_weighting() -> None:
+    models = [_model(0), _model(1)]
+    out, _ = FedGAMF(SPEC, method="average", weighting="uniform").aggregate_train(
+        1, [_reply(1, models[0], 1), _reply(2, models[1], 99)]
+    )
+    assert out is not None
+    expected = (models[0]["layers.1.bias"] + models[1]["layers.1.bias"]) / 2
+    np.testing.assert_allclose(_np(out)["layers.1.bias"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gamf", "weight_matching"])
+def test_alignment_undoes_a_permutation(method: str) -> None:
+    if method not in gamfsolve.METHODS:
+        pytest.skip(f"{method} is not registered yet")
+    base = _model(3)
+    perm = np.random.default_rng(0).permutation(8)
+    replies = [_reply(1, base, 10), _reply(2, _permuted(base, perm), 30)]
+    out, _ = FedGAMF(SPEC, method=method, seed=0).aggregate_train(1, replies)
+    assert out is not None
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(_forward(_np(out), x), _forward(base, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda: _reply(9, None, error="client crashed"), "client crashed"),
+        (lambda: _reply(9, {**_model(5), "layers.1.bias": np.array([np.nan, 0, 0], np.float32)}), "NaN"),
+        (lambda: _reply(9, {**_model(5), "layers.1.bias": np.full(3, np.inf, np.float32)}), "NaN or Inf"),
+        (lambda: _reply(9, {**_model(5), "layers.0.bias": np.zeros(9, np.float32)}), "shape"),
+        (lambda: _reply(9, {k: v for k, v in _model(5).items() if k != "layers.1.bias"}), "key set"),
+        (lambda: _reply(9, {**_model(5), "extra": np.zeros(2, np.float32)}), "key set"),
+        (lambda: _reply(9, _model(5), None), "num-examples"),
+        (lambda: _reply(9, _model(5), float("nan")), "num-examples"),
+    ],
+    ids=["error", "nan", "inf", "shape", "missing-key", "extra-key", "no-count", "nan-count"],
+)
+def test_bad_client_is_left_out(bad: Callable[[], Message], reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    good = [_model(0), _model(1)]
+    strategy = FedGAMF(SPEC, method="average", min_train_nodes=2)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out, _ = strategy.aggregate_train(4, [_reply(1, good[0], 10), bad(), _reply(2, good[1], 10)])
+    assert out is not None
+    clean, _ = FedGAMF(SPEC, method="average").aggregate_train(4, [_reply(1, good[0], 10), _reply(2, good[1], 10)])
+    assert clean is not None
+    for k, v in _np(clean).items():
+        np.testing.assert_array_equal(_np(out)[k], v)
+    assert any("node 9" in r.getMessage() and reason in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_too_few_valid_clients_keep_the_global_model(caplog: pytest.LogCaptureFixture) -> None:
+    nan_model = {**_model(1), "layers.0.weight": np.full((8, 4), np.nan, np.float32)}
+    strategy = FedGAMF(SPEC, method="average", min_train_nodes=2)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out, metrics = strategy.aggregate_train(2, [_reply(1, _model(0)), _reply(2, nan_model)])
+    assert out is None and metrics is None  # Flower keeps the previous global model on None
+    assert "fewer than the minimum 2" in caplog.text
+
+
+def test_empty_round_keeps_the_global_model() -> None:
+    assert FedGAMF(SPEC, method="average").aggregate_train(1, []) == (None, None)
+
+
+def test_reference_is_the_global_model_sent() -> None:
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2, 3]
+
+    strategy = FedGAMF(SPEC, method="average", min_train_nodes=1)
+    glob = _model(0)
+    sent = strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in glob.items()}), ConfigRecord(), Grid())  # type: ignore[arg-type]
+    assert len(list(sent)) == 3
+    wrong = {k: v for k, v in _model(1).items() if k != "steps"}  # a majority of two agreeing wrong models
+    out, _ = strategy.aggregate_train(1, [_reply(1, wrong), _reply(2, wrong), _reply(3, _model(2))])
+    assert out is not None and set(out.keys()) == set(glob)
+
+
+def test_bad_configuration_raises() -> None:
+    with pytest.raises(FusionError, match="unknown method"):
+        FedGAMF(SPEC, method="nope")
+    with pytest.raises(FusionError, match="weighting"):
+        FedGAMF(SPEC, weighting="size")  # type: ignore[arg-type]
+    with pytest.raises(FusionError, match="PermutationSpec"):
+        FedGAMF({"a": (None,)})  # type: ignore[arg-type]
+    partial = gamfsolve.PermutationSpec({k: v for k, v in SPEC.axes.items() if k != "layers.1.bias"})
+    with pytest.raises(FusionError, match="does not cover"):
+        FedGAMF(partial, method="average").aggregate_train(1, [_reply(1, _model(0)), _reply(2, _model(1))])
+
+
+def test_moon_loss() -> None:
+    z = torch.randn(6, 4)
+    np.testing.assert_allclose(float(moon_loss(z, z.clone(), z.clone())), np.log(2), rtol=1e-5)
+    assert float(moon_loss(z, z.clone(), -z, temperature=0.5)) < 0.02  # pulled to global, far from previous
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(4, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward_repr(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.relu(self.body(x))
+        return z, self.head(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_repr(x)[1]
+
+
+def test_train_local_plain_and_moon() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    model = _Tiny()
+    glob = _Tiny()
+    glob.load_state_dict(model.state_dict())
+    first = train_local(model, x, y, epochs=1, lr=1e-2, seed=0)
+    later = train_local(model, x, y, epochs=5, lr=1e-2, seed=0)
+    assert later < first
+    loss = train_local(model, x, y, mu=1.0, global_model=glob, seed=0)
+    assert np.isfinite(loss)
+    with pytest.raises(FusionError, match="global model"):
+        train_local(model, x, y, mu=1.0)
+    with pytest.raises(FusionError, match="forward_repr"):
+        train_local(torch.nn.Linear(4, 3), x, y, mu=1.0, global_model=torch.nn.Linear(4, 3))
