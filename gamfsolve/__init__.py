@@ -5,8 +5,8 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 ``gamfsolve.adapters``.
 """
 
-from ._api import METHODS, fuse, match, merge
 from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
+from ._api import METHODS, fuse, match, merge
 from ._builders import conv, dense, make_spec, mlp_spec, norm
 from ._errors import ConvergenceWarning, FusionError, FusionTypeError
 from ._permute import permute

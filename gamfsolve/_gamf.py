@@ -129,12 +129,12 @@ def _gamf(
     maps = _init_maps(prob, init, seed, checked)
     potentials: dict[tuple[int, str], Array] = {}
     tau, sweeps_at_tau = tau0, 0
-    discrete = init in ("identity", "weight_matching") and tau0 <= tau_min
+    discrete = False
     seen: list[tuple[bytes, ...]] = []
     trace: list[float] = []
     best: tuple[float, list[Maps]] | None = None
     converged, message, it = False, "iteration limit reached", 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (it is reported after the loop)
         old = [dict(m) for m in maps]
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
             state = {g: prob.group_scores(g, maps) for g in color}

@@ -51,7 +51,9 @@ class GroupScores:
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
-        self.features: list[list[Feature]] = [unit_features(m, spec, group, sizes, mp, xp) for m, mp in zip(models, maps, strict=True)]
+        self.features: list[list[Feature]] = [
+            unit_features(m, spec, group, sizes, mp, xp) for m, mp in zip(models, maps, strict=True)
+        ]
         self.phi: dict[int, list[Array]] = {}  # feature index -> per-model feature maps
         if kind == "edge":
             for f, feat in enumerate(self.features[0]):

@@ -62,7 +62,7 @@ class Concat:
         object.__setattr__(self, "parts", tuple(parts))
 
 
-AxisEntry = Union[str, Blocks, Concat, None]
+AxisEntry = Union[str, Blocks, Concat, None]  # noqa: UP007  (a runtime alias on Python 3.10)
 
 
 class Segment(NamedTuple):
@@ -221,7 +221,7 @@ class PermutationSpec:
                 )
             for a, entry in enumerate(entries):
                 segs = segments_of(entry)
-                if len(segs) == 1 and segs[0].group is not None:
+                if len(segs) == 1 and (group := segs[0].group) is not None:
                     seg = segs[0]
                     block = seg.outer * seg.inner
                     if shape[a] % block:
@@ -229,7 +229,7 @@ class PermutationSpec:
                             f"{name!r} axis {a} has length {shape[a]}, not a multiple of the "
                             f"block size {block} of group {seg.group!r}"
                         )
-                    _record(sizes, seg.group, shape[a] // block, name, a)
+                    _record(sizes, group, shape[a] // block, name, a)
                 elif len(segs) > 1:
                     pending.append((name, a, segs, shape[a]))
         for name, a, segs, length in pending:

@@ -48,8 +48,10 @@ class Dataset:
 
 def mnist_dir(path: str | os.PathLike[str] | None = None) -> Path | None:
     """The first folder holding the MNIST idx files, or None."""
-    candidates = [path, os.environ.get("GAMFSOLVE_MNIST")] if path is not None else [os.environ.get("GAMFSOLVE_MNIST")]
-    candidates += [Path.cwd().parent / "shared/data/mnist", Path(__file__).resolve().parents[2] / "shared/data/mnist"]
+    candidates: list[str | os.PathLike[str] | None] = [path]
+    if path is None:
+        candidates += [os.environ.get("GAMFSOLVE_MNIST"), Path.cwd().parent / "shared/data/mnist"]
+        candidates.append(Path(__file__).resolve().parents[2] / "shared/data/mnist")
     for c in candidates:
         if c and (Path(c) / _IMAGES).is_file() and (Path(c) / _LABELS).is_file():
             return Path(c)

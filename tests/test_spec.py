@@ -54,7 +54,7 @@ def test_group_sizes_refuses(axes, shapes, match):
 
 
 def test_group_that_nothing_produces_or_consumes():
-    with pytest.raises(FusionError, match="appears only on axis 1 of 'fc2.weight'"):
+    with pytest.raises(FusionError, match=r"appears only on axis 1 of 'fc2\.weight'"):
         PermutationSpec({"fc1.weight": ("h1", None), "fc1.bias": ("h1",), "fc2.weight": (None, "h_1")})
 
 
