@@ -83,3 +83,11 @@ def ensemble(session: nox.Session) -> None:
     """The paper's compact-ensemble protocol on MNIST; writes examples/ensemble/RESULTS.md and figures."""
     _install(session, "torch,examples")
     session.run("python", "examples/ensemble/run.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def fl(session: nox.Session) -> None:
+    """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png)."""
+    _install(session, "fl,examples,test")
+    session.run("pytest", "tests/test_flower.py", "tests/test_flower_simulation.py", env=ENV)
+    session.run("python", "examples/fl/run.py", *session.posargs, env=ENV)
