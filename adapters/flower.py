@@ -36,7 +36,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from gamfsolve import METHODS, FusionError, PermutationSpec, match, merge
+from gamfsolve import METHODS, ConvergenceWarning, FusionError, PermutationSpec, match, merge
 
 from ._flower_checks import Accepted, Signature, screen_replies, signature_of
 from ._flower_client import evaluate_model, make_client_app, moon_loss, train_local
@@ -162,10 +162,13 @@ class FedGAMF(FedAvg):
         else:
             seed = None if self.seed is None else self.seed + server_round
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+                warnings.simplefilter("always", ConvergenceWarning)
                 result = match(models, spec, method=self.method, weights=weights, seed=seed, **self.match_options)
-            for w in caught:
-                logger.warning("round %d: %s: %s", server_round, w.category.__name__, w.message)
+            for w in caught:  # a solver's warnings go to the log, once per round; others are re-issued
+                if issubclass(w.category, ConvergenceWarning):
+                    logger.warning("round %d: %s", server_round, w.message)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             fused = merge(models, spec, result, weights=weights)
             logger.info(
                 "round %d: fused %d clients by %s (%d iterations, converged=%s, %.2fs)",
