@@ -85,11 +85,12 @@ def _figure(path: Path, indiv: list[float], ens: float, rows: list[MethodRow], t
     colors = ["0.6"] * len(indiv) + ["0.3"] + [f"C{i}" for i in range(len(rows))]
     ax.bar(names, accs, color=colors)
     ax.axhline(max(indiv), color="0.5", ls="--", lw=1, label="best single model")
-    ax.set_ylim(max(0.0, min(accs) - 10), 100)
+    ax.set_ylim(max(0.0, min(accs) - 10), 108)  # headroom above 100 for the legend
+    ax.set_yticks([t for t in ax.get_yticks() if t <= 100])
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     for i, a in enumerate(accs):
         ax.text(i, a + 0.3, f"{a:.1f}", ha="center", fontsize=7)
     bx.bar([r.method for r in rows], [max(r.time, 1e-6) * 1e3 for r in rows], color=colors[len(indiv) + 1 :])
@@ -108,9 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
         import torch
         from tqdm.auto import tqdm
     except ImportError as exc:
-        raise CliError(
-            f"the demo needs the torch and examples extras: pip install 'gamfsolve[torch,examples]' ({exc})"
-        ) from exc
+        raise CliError(f"the demo needs the torch and examples extras: pip install 'gamfsolve[torch,examples]' ({exc})") from exc
     if args.models < 2:
         raise CliError(f"--models must be at least 2, got {args.models}")
     import gamfsolve

@@ -36,7 +36,7 @@ def digits():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def records(ep, digits):  # type: ignore[no-untyped-def]
     """Both partitions, N = 2, one seed: 64-64 MLPs, 20 epochs, one finetuning epoch."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # small models: one thread is as fast and immune to oversubscription
     proto = ep.Protocol(archs=("mlp",), n_models=(2,), seeds=(0,), methods=("average", "gamf"), width=64, epochs=20)
     train, test = digits
     return {part: ep.run_config(proto, train, test, "mlp", 2, part, 0) for part in ("homog", "hetero")}
@@ -44,13 +44,13 @@ def records(ep, digits):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("partition", ["homog", "hetero"])
 def test_gamf_one_shot_beats_vanilla_averaging(records, partition: str) -> None:  # type: ignore[no-untyped-def]
-    record, _ = records[partition]
+    record = records[partition].record
     gamf, average = record["methods"]["gamf"], record["methods"]["average"]
     assert gamf["one_shot"] > average["one_shot"] + 5, record
 
 
 def test_record_is_complete_and_finetuning_helps(records) -> None:  # type: ignore[no-untyped-def]
-    record, models = records["homog"]
+    record, models = records["homog"].record, records["homog"].models
     assert len(models) == 2 and len(record["individual"]) == 2 and sum(record["share_sizes"]) == 1400
     json.dumps(record)  # JSON-ready
     for method in ("average", "gamf"):
@@ -62,11 +62,11 @@ def test_record_is_complete_and_finetuning_helps(records) -> None:  # type: igno
 def test_interpolation_ends_at_the_two_models(ep, digits, records) -> None:  # type: ignore[no-untyped-def]
     from gamfsolve import _demo
 
-    _, models = records["homog"]
+    cell = records["homog"]
     train, test = digits
-    proto = ep.Protocol(methods=("average",), width=64)
-    curves = ep.interpolate(proto, models, _demo.spec_for("mlp", train.x.shape[1]), test, steps=3)
-    acc = curves["curves"]["average"]
+    curves = ep.interpolate(cell.models, _demo.spec_for("mlp", train.x.shape[1]), cell.results, test, steps=3)
+    assert set(curves["curves"]) == {"average", "gamf"}
+    acc = curves["curves"]["gamf"]
     assert len(acc) == 3 and curves["s"] == [0.0, 0.5, 1.0]
     assert acc[0] == pytest.approx(curves["model_a"]) and acc[-1] == pytest.approx(curves["model_b"])
 
@@ -77,7 +77,7 @@ def test_report_renders(ep, records, tmp_path: Path) -> None:  # type: ignore[no
         import ensemble_report as er
     finally:
         sys.path.remove(str(EXAMPLE))
-    recs = [r for r, _ in records.values()]
+    recs = [cell.record for cell in records.values()]
     meta = {
         "dataset": "digits",
         "n_train": 1400,

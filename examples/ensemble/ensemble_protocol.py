@@ -20,7 +20,7 @@ from torch import nn
 import gamfsolve
 from gamfsolve import _demo, datasets
 
-__all__ = ["METHODS", "Protocol", "interpolate", "iter_configs", "load_data", "run_config"]
+__all__ = ["METHODS", "Cell", "Protocol", "interpolate", "iter_configs", "load_data", "run_config"]
 
 METHODS = ("average", "ot", "weight_matching", "gamf")
 
@@ -54,9 +54,9 @@ def load_data(proto: Protocol, path: str | None = None) -> tuple[datasets.Datase
 
 
 def iter_configs(proto: Protocol) -> Iterator[tuple[str, int, str, int]]:
-    """``(arch, n_models, partition, seed)`` for every cell of the protocol."""
-    for arch in proto.archs:
-        for n in proto.n_models:
+    """``(arch, n_models, partition, seed)`` for every cell, cheapest first (N = 2 before N = 4)."""
+    for n in proto.n_models:
+        for arch in proto.archs:
             for part in proto.partitions:
                 for seed in proto.seeds:
                     yield arch, n, part, seed
@@ -93,6 +93,15 @@ def _fuse(
     return _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, result)), result
 
 
+@dataclass
+class Cell:
+    """One protocol cell's outcome: the JSON-ready record, the trained models, each method's match."""
+
+    record: dict[str, Any]
+    models: list[nn.Module]
+    results: dict[str, gamfsolve.MatchResult]
+
+
 def run_config(
     proto: Protocol,
     train: datasets.Dataset,
@@ -101,8 +110,8 @@ def run_config(
     n: int,
     partition: str,
     seed: int,
-) -> tuple[dict[str, Any], list[nn.Module]]:
-    """One protocol cell: a JSON-ready record of every accuracy (%), and the trained models."""
+) -> Cell:
+    """One protocol cell: every accuracy (%) one-shot and finetuned, and each method's time."""
     models, sizes = train_models(proto, train, arch, n, partition, seed)
     spec = _demo.spec_for(arch, train.x.shape[1], bias=proto.bias)
     record: dict[str, Any] = {
@@ -115,8 +124,10 @@ def run_config(
         "ensemble": _demo.ensemble_accuracy(models, test.x, test.y),
         "methods": {},
     }
+    results = {}
     for method in proto.methods:
-        fused, result = _fuse(proto, method, models, spec, seed)
+        fused, results[method] = _fuse(proto, method, models, spec, seed)
+        result = results[method]
         one_shot = _demo.accuracy(fused, test.x, test.y)
         _demo.train(fused, train.x, train.y, epochs=proto.finetune_epochs, lr=proto.lr, seed=seed + 7)
         record["methods"][method] = {
@@ -126,32 +137,29 @@ def run_config(
             "n_iter": result.n_iter,
             "converged": bool(result.converged),
         }
-    return record, models
+    return Cell(record, models, results)
 
 
 def interpolate(
-    proto: Protocol,
     models: Sequence[nn.Module],
     spec: gamfsolve.PermutationSpec,
+    results: dict[str, gamfsolve.MatchResult],
     test: datasets.Dataset,
     *,
     steps: int = 11,
-    seed: int = 0,
 ) -> dict[str, Any]:
-    """Accuracy of ``(1-s) * aligned A + s * B`` over ``s`` in [0, 1] for each method.
+    """Accuracy of ``(1-s) * aligned A + s * B`` over ``s`` in [0, 1] for each method's match.
 
     ``merge`` with weights ``(1-s, s)`` puts both models into the matched common order, which
-    is B's function-preserving relabelling, so it traces the straight path from the aligned A
-    to B.
+    is a function-preserving relabelling of each, so it traces the straight path from the
+    aligned A to the (relabelled) B.
     """
     a, b = models
     arrays = [_demo.to_arrays(a), _demo.to_arrays(b)]
     s_values = np.linspace(0.0, 1.0, steps)
     curves: dict[str, list[float]] = {}
     with torch.no_grad():
-        for method in proto.methods:
-            opts = proto.solver_options.get(method, {})
-            result = gamfsolve.match(arrays, spec, method=method, seed=seed, **opts)
+        for method, result in results.items():
             mixed = (gamfsolve.merge(arrays, spec, result, weights=[1 - s, s]) for s in s_values)
             curves[method] = [_demo.accuracy(_demo.from_arrays(a, m), test.x, test.y) for m in mixed]
     return {

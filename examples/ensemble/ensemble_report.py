@@ -87,6 +87,11 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any], methods: Seque
         f"column kind in bold. Run on {meta['threads']} CPU thread(s), {meta['total_minutes']:.1f} min in all.",
         "",
     ]
+    if len(records) < meta.get("cells", len(records)):
+        out += [
+            f"**Partial run: {len(records)} of {meta['cells']} cells** (resume with `run.py --resume`).",
+            "",
+        ]
     for arch in dict.fromkeys(r["arch"] for r in records):
         out += [f"## {_ARCH.get(arch, arch)}", "", *_table(records, methods, arch), ""]
     out += ["## Matching time (median over seeds and splits; iterations)", "", *_times(records, methods), ""]

@@ -33,13 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=1, help="finetuning epochs on the union (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--quick", action="store_true", help="MLP, N = 2, one seed: a smoke run")
+    p.add_argument("--resume", action="store_true", help="keep the cells already in OUT/results.json, run the rest")
     return p
+
+
+def _write(out: Path, records: list[dict], curves: dict, meta: dict, methods: tuple[str, ...]) -> None:
+    (out / "results.json").write_text(json.dumps({"meta": meta, "records": records, "interpolation": curves}, indent=1))
+    (out / "RESULTS.md").write_text(er.markdown(records, meta, methods))
+    if curves:
+        er.interpolation_figure(out / "interpolation.png", curves)
+    er.summary_figure(out / "summary.png", records, methods)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     start = perf_counter()
+    out = Path(args.out or ("ensemble-quick" if args.quick else Path(__file__).resolve().parent))
+    out.mkdir(parents=True, exist_ok=True)
     methods = tuple(m for m in ep.METHODS if m in gamfsolve.METHODS)
     missing = [m for m in ep.METHODS if m not in methods]
     if missing:
@@ -52,16 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         **({"archs": ("mlp",), "n_models": (2,)} if args.quick else {}),
     )
     train, test = ep.load_data(proto, args.data)
-    out = Path(args.out or ("ensemble-quick" if args.quick else Path(__file__).resolve().parent))
-    out.mkdir(parents=True, exist_ok=True)
-    records, curves = [], {}
+    records: list[dict] = []
+    curves: dict[str, dict] = {}
+    minutes_before = 0.0
+    if args.resume and (out / "results.json").is_file():
+        saved = json.loads((out / "results.json").read_text())
+        records, curves = saved["records"], saved["interpolation"]
+        minutes_before = saved["meta"]["total_minutes"]
+    done_keys = {(r["arch"], r["n_models"], r["partition"], r["seed"]) for r in records}
     configs = list(ep.iter_configs(proto))
-    for arch, n, part, seed in tqdm(configs, desc="ensemble protocol", unit="cell", file=sys.stderr):
-        record, models = ep.run_config(proto, train, test, arch, n, part, seed)
-        records.append(record)
-        if n == 2 and seed == proto.seeds[0]:
-            spec = _demo.spec_for(arch, train.x.shape[1], bias=proto.bias)
-            curves[f"{arch}, {part}, N=2"] = ep.interpolate(proto, models, spec, test, seed=seed)
+    todo = [c for c in configs if c not in done_keys]
     meta = {
         "dataset": train.name,
         "n_train": len(train.y),
@@ -72,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         "lr": proto.lr,
         "seeds": list(proto.seeds),
         "threads": args.threads,
-        "total_minutes": (perf_counter() - start) / 60,
+        "total_minutes": minutes_before,
+        "cells": len(configs),
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "records": records, "interpolation": curves}, indent=1))
-    (out / "RESULTS.md").write_text(er.markdown(records, meta, methods))
-    er.interpolation_figure(out / "interpolation.png", curves)
-    er.summary_figure(out / "summary.png", records, methods)
+    if not todo:
+        _write(out, records, curves, meta, methods)
+    for arch, n, part, seed in tqdm(todo, desc="ensemble protocol", unit="cell", file=sys.stderr):
+        cell = ep.run_config(proto, train, test, arch, n, part, seed)
+        records.append(cell.record)
+        if n == 2 and seed == proto.seeds[0]:
+            spec = _demo.spec_for(arch, train.x.shape[1], bias=proto.bias)
+            curves[f"{arch}, {part}, N=2"] = ep.interpolate(cell.models, spec, cell.results, test)
+        # write everything after every cell: an interrupted run leaves its numbers (see --resume)
+        meta["total_minutes"] = minutes_before + (perf_counter() - start) / 60
+        _write(out, records, curves, meta, methods)
     print((out / "RESULTS.md").read_text())
     print(f"wrote {out}/RESULTS.md, results.json, interpolation.png, summary.png in {meta['total_minutes']:.1f} min")
     return 0
