@@ -77,16 +77,15 @@ def _fusion_error(exc: Exception, what: str) -> CliError:
 def _load_keras(paths: Sequence[Path]) -> Loaded:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     _need("keras", "keras")
-    try:
-        gk = importlib.import_module("gamfsolve.adapters.keras")
-    except FusionError as exc:
-        raise CliError(str(exc)) from exc
+    gk = importlib.import_module("gamfsolve.adapters.keras")
     models = []
     for path in paths:
         if not zipfile.is_zipfile(path):
             raise CliError(f"cannot read {path}: not a .keras archive (a zip file)", EXIT_BAD_FILE)
         try:
             models.append(gk.load_model(path))
+        except FusionError as exc:  # e.g. Keras on another backend than torch
+            raise CliError(str(exc)) from exc
         except Exception as exc:  # keras raises ValueError, TypeError, zipfile errors, ...
             raise CliError(f"cannot read {path} as a Keras model (safe mode): {exc}", EXIT_BAD_FILE) from exc
     template = models[0]

@@ -29,7 +29,7 @@ exit status:
 """
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="train small models on bundled data, fuse them by every method, compare",
@@ -49,7 +49,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
 
 
-def _add_fuse(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fuse",
         help="fuse model files into one model file of the same format",
@@ -85,7 +85,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run the benchmarks (every figure side by side)",

@@ -100,6 +100,19 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert done.returncode == 0 and gamfsolve.__version__ in done.stdout
 
 
+def test_cli_help_imports_no_framework() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from gamfsolve.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['fuse', '--help'])\n"
+        "heavy = [m for m in ('torch', 'keras', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_bench_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     bench = pytest.importorskip("gamfsolve.bench")
     seen: list[list[str]] = []
