@@ -27,9 +27,15 @@ def _cells(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], list[dic
     return cells
 
 
-def _winner(group: list[dict[str, Any]], methods: Sequence[str], key: str) -> str:
-    means = {m: np.mean([r["methods"][m][key] for r in group]) for m in methods}
-    return max(means, key=lambda m: means[m])
+def _winners(group: list[dict[str, Any]], methods: Sequence[str], key: str) -> set[str]:
+    """The methods whose mean, as displayed (one decimal), equals the best one (ties all win)."""
+    means = {m: round(float(np.mean([r["methods"][m][key] for r in group])), 1) for m in methods}
+    best = max(means.values())
+    return {m for m, v in means.items() if v == best}
+
+
+def _seconds(t: float) -> str:
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.1f} s"
 
 
 def _table(records: list[dict[str, Any]], methods: Sequence[str], arch: str) -> list[str]:
@@ -40,12 +46,12 @@ def _table(records: list[dict[str, Any]], methods: Sequence[str], arch: str) -> 
             continue
         indiv = " / ".join(f"{np.mean([r['individual'][k] for r in group]):.1f}" for k in range(n))
         cols = []
-        best = {key: _winner(group, methods, key) for key in ("one_shot", "finetuned")}
+        best = {key: _winners(group, methods, key) for key in ("one_shot", "finetuned")}
         for m in methods:
             parts = []
             for key in ("one_shot", "finetuned"):
                 text = _ms([r["methods"][m][key] for r in group])
-                parts.append(f"**{text}**" if best[key] == m else text)
+                parts.append(f"**{text}**" if m in best[key] else text)
             cols.append(" / ".join(parts))
         ens = _ms([r["ensemble"] for r in group])
         lines.append(f"| {part} | {n} | {indiv} | {ens} | " + " | ".join(cols) + " |")
@@ -61,10 +67,10 @@ def _times(records: list[dict[str, Any]], methods: Sequence[str]) -> list[str]:
     for (arch, n), group in sorted(by.items()):
         cols = []
         for m in methods:
-            t = np.median([r["methods"][m]["time"] for r in group]) * 1e3
+            t = float(np.median([r["methods"][m]["time"] for r in group]))
             it = np.median([r["methods"][m]["n_iter"] for r in group])
             unconv = sum(not r["methods"][m]["converged"] for r in group)
-            cols.append(f"{t:.1f} ms, {it:.0f} it" + (f" ({unconv} not converged)" if unconv else ""))
+            cols.append(f"{_seconds(t)}, {it:.0f} it" + (f" ({unconv} not converged)" if unconv else ""))
         lines.append(f"| {arch} | {n} | " + " | ".join(cols) + " |")
     return lines
 
@@ -84,7 +90,8 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any], methods: Seque
         f"the union of the shares. Seeds {meta['seeds']} (partition, initialisation, solver); "
         f"mean ± std over seeds; individual models are per-index means. Cells read "
         f"`one-shot / finetuned`, accuracy in % on the held-out set; the best fused method per "
-        f"column kind in bold. Run on {meta['threads']} CPU thread(s), {meta['total_minutes']:.1f} min in all.",
+        f"column kind in bold (ties as displayed all bold). Run on {meta['threads']} CPU thread(s), "
+        f"{meta['total_minutes']:.1f} min in all.",
         "",
     ]
     if len(records) < meta.get("cells", len(records)):

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--quick", action="store_true", help="MLP, N = 2, one seed: a smoke run")
     p.add_argument("--resume", action="store_true", help="keep the cells already in OUT/results.json, run the rest")
+    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md and figures from OUT/results.json")
     return p
 
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         finetune_epochs=args.finetune_epochs,
         **({"archs": ("mlp",), "n_models": (2,)} if args.quick else {}),
     )
+    if args.report_only:
+        saved = json.loads((out / "results.json").read_text())
+        _write(out, saved["records"], saved["interpolation"], saved["meta"], methods)
+        print((out / "RESULTS.md").read_text())
+        return 0
     train, test = ep.load_data(proto, args.data)
     records: list[dict] = []
     curves: dict[str, dict] = {}
