@@ -8,6 +8,11 @@ and pushed from the previous local model's ``z_prev``::
     loss  = cross_entropy(logits, y) + mu * l_con
 
 A model used with MOON must define ``forward_repr(x) -> (z, logits)``.
+
+With :class:`FedGAMF` the global model comes back in the matching's common unit order, while
+the previous local model stays in the client's own order; when ``z``'s units form a
+permutation group, ``z_prev`` is compared in a different order (a weaker negative). Giving
+the projection layer a fixed output (``None`` in the spec) avoids this.
 """
 
 from __future__ import annotations
