@@ -10,6 +10,7 @@ case's own.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -141,13 +142,16 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         return {**case, "status": "n/a"}
     models, spec = planted(case["arch"], case.get("n_models", 2), scale=case.get("scale", 1), seed=case["seed"])
     before = _rss_mib()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = match(models, spec, method=case["method"], seed=case["seed"], **case.get("options", {}))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         **case,
         "status": "ok",
         "time_s": wall,
+        "cpu_s": cpu,  # CPU time of all the process's threads: on a shared machine, the steadier figure
+        "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "model_mib": sum(v.nbytes for m in models for v in m.values()) / 2**20,
         "solver_time_s": result.time,
         "n_iter": result.n_iter,
         "converged": bool(result.converged),

@@ -32,7 +32,7 @@ from ._errors import ConvergenceWarning, FusionError
 from ._features import color_groups
 from ._objective import matched_affinity
 from ._result import MatchResult
-from ._scores import GroupScores, value_ranges
+from ._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
 from ._spec import PermutationSpec
 from ._validate import Checked
 from ._xp import from_host, to_host
@@ -56,12 +56,17 @@ class _Problem:
         self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
         self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
-        self.ranges = value_ranges(models, list(sigmas), checked.xp)
+        ranges = value_ranges(models, list(sigmas), checked.xp)
+        weight_bytes = sum(array_nbytes(x) for m in models for x in m.values())
+        # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
+        # stage; bounded so that peak memory stays a small multiple of the models' own.
+        self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind, kernel=kernel,
+                                  xp=self.xp, budget=weight_bytes // 2 + (32 << 20))
 
     def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
-                           sigmas=self.sigmas, ranges=self.ranges, kind=self.kind, kernel=self.kernel, xp=self.xp)
+                           sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache)
 
 
 def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) -> list[Maps]:
@@ -82,6 +87,10 @@ def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) ->
                 noise = from_host(rng.standard_normal((n, n)), xp, prob.models[0][next(iter(prob.models[0]))])
                 maps[k][g] = sinkhorn(xp.astype(noise, dtype), 1.0, xp)[0]
     return maps
+
+
+def _same(old: Array | None, new: Array, xp: Any) -> bool:
+    return old is not None and old.ndim == 1 and bool(xp.all(old == new))
 
 
 def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:
@@ -142,6 +151,9 @@ def _gamf(
                 scores = {g: state[g].scores(k, maps) for g in color}
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
                     new = dict(zip(color, hungarian(list(scores.values()), xp), strict=True))
+                    # an unchanged index vector keeps its object: templates need no update and
+                    # the neighbours' cached features stay valid
+                    new = {g: m for g, m in new.items() if not _same(maps[k].get(g), m, xp)}
                 else:
                     new = {}
                     for g, r in scores.items():

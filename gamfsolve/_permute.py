@@ -72,8 +72,10 @@ def _apply_plan(x: Array, axis: int, entry: AxisEntry, plans: Mapping[str, Array
         offset += seg_len
         if seg.group is not None and seg.group in plans:
             n = sizes[seg.group]
-            part = xp.reshape(part, (*lead, seg.outer, n, seg.inner))
-            part = xp.moveaxis(part, -2, -1) @ plans[seg.group]
+            part = xp.moveaxis(xp.reshape(part, (*lead, seg.outer, n, seg.inner)), -2, -1)
+            shape = part.shape
+            # one (rows, n) @ (n, n) product, not a stack of row-vector products
+            part = xp.reshape(xp.reshape(part, (-1, n)) @ plans[seg.group], shape)
             part = xp.reshape(xp.moveaxis(part, -1, -2), (*lead, seg_len))
         out.append(part)
     joined = out[0] if len(out) == 1 else xp.concat(out, axis=-1)

@@ -10,6 +10,11 @@ once per colour class and updated in ``O(n F)`` when a model's map changes. Othe
 
 Within a colour class no group is a neighbour of another, so the unit features of every
 model stay fixed while the class is updated; only the maps of the class's groups change.
+Across classes and sweeps, :class:`FeatureCache` keeps the features (and feature maps) of a
+parameter whose neighbouring maps are the very same objects as when they were computed:
+node attributes and parameters with no other mapped axis (never change), the anchor model of
+a two-model solve (has no maps), and, in the discrete stage, neighbours whose index vectors
+did not move.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from typing import Any
 from ._affinity import group_affinity, map_columns, standardize
 from ._features import Feature, unit_features
 from ._kernels import edge_features
-from ._spec import PermutationSpec
+from ._spec import PermutationSpec, segments_of
 
-__all__ = ["GroupScores", "value_ranges"]
+__all__ = ["FeatureCache", "GroupScores", "array_nbytes", "value_ranges"]
 
 Array = Any
 
@@ -41,35 +46,129 @@ def value_ranges(models: Sequence[Mapping[str, Array]], names: Sequence[str], xp
     return out
 
 
+Entry = tuple[tuple[Any, ...], list[Feature], list[Any], int]  # deps, features, maps, stamp
+
+
+class FeatureCache:
+    """Unit features and their feature maps per ``(model, group, parameter)``, reused while valid.
+
+    An entry records the map objects of the groups on the parameter's other axes; it is valid
+    while those are the same objects (maps are replaced, never modified in place). Entries are
+    kept when they can be hit again, i.e. when every such map is absent or an index vector,
+    within ``budget`` bytes (soft plans change every sweep).
+    """
+
+    def __init__(
+        self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, sizes: Mapping[str, int], *,
+        sigmas: Mapping[str, float], ranges: Mapping[str, tuple[float, float]], kind: str, kernel: str, xp: Any,
+        budget: int,
+    ) -> None:
+        self.models, self.spec, self.sizes, self.xp = models, spec, sizes, xp
+        self.sigmas, self.ranges, self.kind, self.kernel = sigmas, ranges, kind, kernel
+        self.budget, self.used = budget, 0
+        self.entries: dict[tuple[int, str, str], tuple[Entry, int]] = {}
+        # pairwise affinities of features without a map, valid while both sides' entries are
+        self.pairs: dict[tuple[str, int, int], tuple[tuple[Any, ...], Array, int]] = {}
+        self.stamp = 0
+        self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
+        for g in spec.groups:
+            for name, axis in spec.users(g):
+                others = {seg.group for a, e in enumerate(spec.axes[name]) if a != axis and e is not None
+                          for seg in segments_of(e) if seg.group is not None}
+                self.deps[g, name] = tuple(sorted(set(self.deps.get((g, name), ())) | others))
+
+    def _compute(self, k: int, group: str, name: str, maps: Mapping[str, Array]) -> tuple[list[Feature], list[Any]]:
+        feats = unit_features(self.models[k], self.spec, group, self.sizes, maps, self.xp, only={name})
+        phis: list[Any] = []
+        for feat in feats:
+            sigma = self.sigmas.get(feat.name) if self.kind == "edge" else None
+            if sigma is None:
+                phis.append(None)
+                continue
+            centre, bound = self.ranges[feat.name]
+            phis.append(edge_features(feat.x, sigma, kernel=self.kernel, bound=bound, center=centre))
+        return feats, phis
+
+    def get(self, k: int, group: str, maps: Mapping[str, Array]) -> tuple[list[Feature], list[Any], list[Any]]:
+        """Features of ``group`` for model ``k``, their maps (or None) and cache stamps (or None)."""
+        feats: list[Feature] = []
+        phis: list[Any] = []
+        stamps: list[Any] = []
+        for name in dict.fromkeys(n for n, _ in self.spec.users(group)):
+            deps = tuple(maps.get(h) for h in self.deps[group, name])
+            key = (k, group, name)
+            hit = self.entries.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0][0], deps, strict=True)):
+                f, p, stamp = hit[0][1], hit[0][2], hit[0][3]
+            else:
+                if hit is not None:
+                    self.used -= hit[1]
+                    del self.entries[key]
+                f, p = self._compute(k, group, name, maps)
+                stamp = None
+                if all(d is None or d.ndim == 1 for d in deps):
+                    size = sum(array_nbytes(x.x) for x in f) + sum(array_nbytes(x) for x in p if x is not None)
+                    if self.used + size <= self.budget:
+                        self.stamp += 1
+                        stamp = self.stamp
+                        self.entries[key] = ((deps, f, p, stamp), size)
+                        self.used += size
+            feats += f
+            phis += p
+            stamps += [stamp] * len(f)
+        return feats, phis, stamps
+
+    def pair(self, key: tuple[str, int, int], stamps: tuple[Any, ...]) -> Array | None:
+        """A stored pairwise affinity whose features are still the cached ones, or None."""
+        hit = self.pairs.get(key)
+        return hit[1] if hit is not None and None not in stamps and hit[0] == stamps else None
+
+    def store_pair(self, key: tuple[str, int, int], stamps: tuple[Any, ...], a: Array) -> None:
+        old = self.pairs.pop(key, None)
+        if old is not None:
+            self.used -= old[2]
+        size = array_nbytes(a)
+        if None not in stamps and self.used + size <= self.budget:
+            self.pairs[key] = (stamps, a, size)
+            self.used += size
+
+
+def array_nbytes(x: Array) -> int:
+    n = 1
+    for s in x.shape:
+        n *= int(s)
+    return n * x.dtype.itemsize if hasattr(x.dtype, "itemsize") else n * 8
+
+
 class GroupScores:
     """Scores of one group for every model, given the maps at the start of a colour class."""
 
     def __init__(
         self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, group: str, sizes: Mapping[str, int],
         maps: Sequence[Mapping[str, Array]], *, pool: Sequence[int], weights: Sequence[float],
-        sigmas: Mapping[str, float], ranges: Mapping[str, tuple[float, float]], kind: str, kernel: str, xp: Any,
+        sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
-        self.features: list[list[Feature]] = [
-            unit_features(m, spec, group, sizes, mp, xp) for m, mp in zip(models, maps, strict=True)
-        ]
+        self.cache = cache
+        got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
+        self.features: list[list[Feature]] = [f for f, _, _ in got]
+        self.stamps = [st for _, _, st in got]
         self.phi: dict[int, list[Array]] = {}  # feature index -> per-model feature maps
-        if kind == "edge":
-            for f, feat in enumerate(self.features[0]):
-                sigma = sigmas.get(feat.name)
-                if sigma is None:
-                    continue
-                centre, bound = ranges[feat.name]
-                maps_f = [edge_features(fs[f].x, sigma, kernel=kernel, bound=bound, center=centre) for fs in self.features]
-                if all(p is not None for p in maps_f):
-                    self.phi[f] = maps_f
-        self.templates = {f: self._template(f, maps) for f in self.phi}
+        for f in range(len(self.features[0])):
+            maps_f = [p[f] for _, p, _ in got]
+            if all(p is not None for p in maps_f):
+                self.phi[f] = maps_f
+        # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
+        # weighted sum, the self-term of a mover is its own term (its map has not moved since),
+        # and after a move only the new term is computed.
+        self.terms = {f: {j: map_columns(self.phi[f][j].T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
+        self.templates = {f: self._template(f) for f in self.phi}
 
-    def _template(self, f: int, maps: Sequence[Mapping[str, Array]]) -> Array:
+    def _template(self, f: int) -> Array:
         total = None
         for j in self.pool:
-            term = self.weights[j] * map_columns(self.phi[f][j].T, maps[j].get(self.group), self.xp)
+            term = self.weights[j] * self.terms[f][j]
             total = term if total is None else total + term
         return total
 
@@ -81,7 +180,7 @@ class GroupScores:
         for f, per_model in self.phi.items():
             t = self.templates[f]
             if k in self.pool:
-                t = t - self.weights[k] * map_columns(per_model[k].T, maps[k].get(group), xp)
+                t = t - self.weights[k] * self.terms[f][k]
             term = per_model[k] @ t
             total = term if total is None else total + term
         rest = [i for i in range(len(self.features[k])) if i not in self.phi]
@@ -89,7 +188,12 @@ class GroupScores:
             own = [self.features[k][i] for i in rest]
             for j in partners:
                 other = [self.features[j][i] for i in rest]
-                a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
+                key = (group, k, j)
+                stamps = tuple(self.stamps[k][i] for i in rest) + tuple(self.stamps[j][i] for i in rest)
+                a = self.cache.pair(key, stamps)
+                if a is None:
+                    a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
+                    self.cache.store_pair(key, stamps, a)
                 term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
                 total = term if total is None else total + term
         return standardize(total, xp)
@@ -98,8 +202,7 @@ class GroupScores:
         """Model ``k``'s map for this group changed from ``old`` to ``new``: update the templates."""
         if k not in self.pool:
             return
-        xp = self.xp
         for f, per_model in self.phi.items():
-            before = map_columns(per_model[k].T, old, xp)
-            after = map_columns(per_model[k].T, new, xp)
-            self.templates[f] = self.templates[f] + self.weights[k] * (after - before)
+            after = map_columns(per_model[k].T, new, self.xp)
+            self.templates[f] = self.templates[f] + self.weights[k] * (after - self.terms[f][k])
+            self.terms[f][k] = after

@@ -140,10 +140,17 @@ def _kernel_header() -> str:
     return head + "".join(f" {name + ' (ms, vs numba, err)':>27}" for name in KERNEL_NAMES)
 
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_THREADS: list[int | None] = [None]  # set by --threads for every case process
+
+
 def _subprocess_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "gamfsolve._bench_models", json.dumps(case)]
+    env = dict(os.environ)
+    if _THREADS[0] is not None:
+        env.update({v: str(_THREADS[0]) for v in THREAD_VARS})
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         return {**case, "status": f"timeout > {timeout:.0f} s"}
     if out.returncode != 0:
@@ -152,23 +159,24 @@ def _subprocess_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _case_line(r: dict[str, Any], base: float | None) -> str:
+def _case_line(r: dict[str, Any], base: float | None, base_cpu: float | None = None) -> str:
     opts = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items())
     name = f"{r['method']}({opts})" if opts else r["method"]
     if r.get("status") != "ok":
         return f"{r['arch']:<11} {r.get('n_models', 2):>2} {name:<22} {r.get('status')}"
     ratio = f"{r['time_s'] / base:8.1f}x" if base else "        -"
+    cpu_ratio = f"{r['cpu_s'] / base_cpu:8.1f}x" if base_cpu else "        -"
     per_it = r["solver_time_s"] / max(1, r["n_iter"])
     return (
-        f"{r['arch']:<11} {r.get('n_models', 2):>2} {name:<22} {r['time_s']:9.2f}s {ratio} "
-        f"{r['n_iter']:>5} {per_it:9.3f}s {r['align_err']:9.4f} {r['peak_rss_mib']:8.0f} "
-        f"{r['peak_rss_mib'] - r['rss_before_mib']:8.0f}"
+        f"{r['arch']:<11} {r.get('n_models', 2):>2} {name:<22} {r['time_s']:9.2f}s {ratio} {r['cpu_s']:9.2f}s "
+        f"{cpu_ratio} {r['n_iter']:>5} {per_it:9.3f}s {r['align_err']:9.4f} {r['peak_rss_mib']:8.0f} "
+        f"{r['peak_rss_mib'] - r['rss_before_mib']:8.0f} {r['model_mib']:8.1f}"
     )
 
 
 CASE_HEADER = (
-    f"{'model':<11} {'N':>2} {'method':<22} {'time':>10} {'vs w.m.':>9} {'iters':>5} {'s/iter':>10} "
-    f"{'align err':>9} {'peak MiB':>8} {'+MiB':>8}"
+    f"{'model':<11} {'N':>2} {'method':<22} {'time':>10} {'vs w.m.':>9} {'cpu':>10} {'vs w.m.':>9} {'iters':>5} "
+    f"{'s/iter':>10} {'align err':>9} {'peak MiB':>8} {'+MiB':>8} {'models MiB':>8}"
 )
 
 
@@ -176,7 +184,7 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float) -> list[d
     """Sections (ii) and (iv): two planted models per architecture, every method, own process."""
     rows = []
     for arch in ("mlp", "vgg11", "resnet20x4"):
-        base = None
+        base = base_cpu = None
         for method, options in E2E_METHODS:
             case = {
                 "arch": arch,
@@ -188,9 +196,9 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float) -> list[d
             }
             r = _subprocess_case(case, timeout)
             if method == "weight_matching" and r.get("status") == "ok":
-                base = r["time_s"]
+                base, base_cpu = r["time_s"], r["cpu_s"]
             rows.append(r)
-            log(_case_line(r, base if method != "average" else None))
+            log(_case_line(r, base if method != "average" else None, base_cpu if method != "average" else None))
     return rows
 
 
@@ -222,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--sections", default="kernels,e2e,many", help="comma-separated: kernels, e2e, many")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per end-to-end case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/OpenMP/Numba threads of every e2e/many case process (default: the library defaults)")
     return p
 
 
@@ -236,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:  # with --json the tables go to stderr, the document to stdout
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    report: dict[str, Any] = {"machine": _machine(), "quick": args.quick, "argv": list(argv or [])}
+    _THREADS[0] = args.threads
+    report: dict[str, Any] = {"machine": _machine(), "quick": args.quick, "threads": args.threads,
+                              "argv": list(argv or [])}
     log(f"machine: {report['machine']}")
     if "kernels" in sections:
         log("\n(i) edge affinity, one layer: time, speed-up vs exact Numba, max rel. error vs exact")
@@ -252,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("\n(iii) N planted MLPs: time per outer iteration (solver time / iterations)")
         log(CASE_HEADER)
         report["many"] = bench_many(args.quick, log, args.timeout)
+    report["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    log(f"load average at the end: {report['load_avg_end']}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0

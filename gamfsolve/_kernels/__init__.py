@@ -207,7 +207,8 @@ def edge_features(
     actual = float(xp.max(xp.abs(v))) if v.shape[0] else 0.0
     if bound is None:
         bound = actual
-    elif actual > bound * (1.0 + 1e-6):
+    elif actual > bound * (1.0 + 1e-6) + 4.0 * float(xp.finfo(x.dtype).eps) * (bound + float(xp.max(xp.abs(x)))):
+        # (slack: values within the bound before rounding to the input dtype may land just past it)
         raise FusionError(f"edge_features: values reach {actual:.6g} from the centre, beyond bound={bound:.6g}")
     key = _factorised.bound_key(bound / math.sqrt(sigma))
     limit = _factorised.MAX_RANK if kernel == "factorised" else AUTO_MAX_RANK
