@@ -61,7 +61,7 @@ class _Problem:
         # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
         # stage; bounded so that peak memory stays a small multiple of the models' own.
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind, kernel=kernel,
-                                  xp=self.xp, budget=weight_bytes // 2 + (32 << 20))
+                                  xp=self.xp, budget=weight_bytes // 4 + (16 << 20))
 
     def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
@@ -146,9 +146,18 @@ def _gamf(
     for it in range(1, max_iter + 1):  # noqa: B007  (it is reported after the loop)
         old = [dict(m) for m in maps]
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
-            state = {g: prob.group_scores(g, maps) for g in color}
+            # With several movers the class's scores objects live through the class (templates);
+            # with one (two models) each is dropped after use: one group's features at a time.
+            keep = len(prob.movers) > 1
+            state: dict[str, GroupScores] = {}
             for k in prob.movers:
-                scores = {g: state[g].scores(k, maps) for g in color}
+                scores = {}
+                for g in color:
+                    st = state[g] if g in state else prob.group_scores(g, maps)
+                    if keep:
+                        state[g] = st
+                    scores[g] = st.scores(k, maps)
+                    del st
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
                     new = dict(zip(color, hungarian(list(scores.values()), xp), strict=True))
                     # an unchanged index vector keeps its object: templates need no update and
@@ -160,7 +169,8 @@ def _gamf(
                         new[g], potentials[k, g], _ = sinkhorn(r, tau, xp, tol=sinkhorn_tol,
                                                                max_iter=sinkhorn_max_iter, v=potentials.get((k, g)))
                 for g, m in new.items():
-                    state[g].moved(k, maps[k].get(g), m)
+                    if g in state:
+                        state[g].moved(k, maps[k].get(g), m)
                     maps[k][g] = m
         if not discrete:
             sweeps_at_tau += 1

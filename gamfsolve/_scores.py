@@ -163,7 +163,8 @@ class GroupScores:
         # weighted sum, the self-term of a mover is its own term (its map has not moved since),
         # and after a move only the new term is computed.
         self.terms = {f: {j: map_columns(self.phi[f][j].T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
-        self.templates = {f: self._template(f) for f in self.phi}
+        # one pool model (two-model solves): no template copy; its weight scales the (n, n) product
+        self.templates = {} if len(self.pool) == 1 else {f: self._template(f) for f in self.phi}
 
     def _template(self, f: int) -> Array:
         total = None
@@ -178,10 +179,16 @@ class GroupScores:
         partners = [j for j in self.pool if j != k]
         total = None
         for f, per_model in self.phi.items():
-            t = self.templates[f]
-            if k in self.pool:
-                t = t - self.weights[k] * self.terms[f][k]
-            term = per_model[k] @ t
+            if not self.templates:  # a single pool model j: R = w_j Phi_k (Phi_j^T M_j), or 0 when j = k
+                (j,) = self.pool
+                if j == k:
+                    continue
+                term = self.weights[j] * (per_model[k] @ self.terms[f][j])
+            else:
+                t = self.templates[f]
+                if k in self.pool:
+                    t = t - self.weights[k] * self.terms[f][k]
+                term = per_model[k] @ t
             total = term if total is None else total + term
         rest = [i for i in range(len(self.features[k])) if i not in self.phi]
         if rest:
@@ -204,5 +211,6 @@ class GroupScores:
             return
         for f, per_model in self.phi.items():
             after = map_columns(per_model[k].T, new, self.xp)
-            self.templates[f] = self.templates[f] + self.weights[k] * (after - self.terms[f][k])
+            if self.templates:
+                self.templates[f] = self.templates[f] + self.weights[k] * (after - self.terms[f][k])
             self.terms[f][k] = after
