@@ -38,7 +38,7 @@ def _seconds(t: float) -> str:
     return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.1f} s"
 
 
-def _table(records: list[dict[str, Any]], methods: Sequence[str], arch: str) -> list[str]:
+def _table(records: list[dict[str, Any]], methods: Sequence[str], arch: str, n_seeds: int) -> list[str]:
     head = ["split", "N", "individual models", "pred. ensemble (N x size)", *(_LABELS.get(m, m) for m in methods)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (a, n, part), group in sorted(_cells(records).items(), key=lambda kv: (kv[0][1], kv[0][2] != "homog")):
@@ -54,6 +54,8 @@ def _table(records: list[dict[str, Any]], methods: Sequence[str], arch: str) -> 
                 parts.append(f"**{text}**" if m in best[key] else text)
             cols.append(" / ".join(parts))
         ens = _ms([r["ensemble"] for r in group])
+        if len(group) < n_seeds:
+            part = f"{part} ({len(group)} of {n_seeds} seeds)"
         lines.append(f"| {part} | {n} | {indiv} | {ens} | " + " | ".join(cols) + " |")
     return lines
 
@@ -100,7 +102,7 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any], methods: Seque
             "",
         ]
     for arch in dict.fromkeys(r["arch"] for r in records):
-        out += [f"## {_ARCH.get(arch, arch)}", "", *_table(records, methods, arch), ""]
+        out += [f"## {_ARCH.get(arch, arch)}", "", *_table(records, methods, arch, len(meta["seeds"])), ""]
     out += ["## Matching time (median over seeds and splits; iterations)", "", *_times(records, methods), ""]
     out += [
         "Figures: `interpolation.png` (accuracy along (1-s) aligned A + s B, N = 2, seed 0) and "
