@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 
-def test_import_is_light():
+def test_import_is_light(tmp_path):
     code = (
         "import sys, gamfsolve, gamfsolve.adapters; "
         "heavy = [m for m in ('torch', 'keras', 'cupy', 'numba', 'tensorflow', 'flwr', 'jax') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    # outside the source tree, so the installed package is what gets imported
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
