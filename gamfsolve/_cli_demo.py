@@ -114,7 +114,8 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError(f"--models must be at least 2, got {args.models}")
     import gamfsolve
 
-    from . import _demo, datasets
+    from . import datasets
+    from .adapters import _demo
 
     methods = _methods(args.methods)
     start = perf_counter()

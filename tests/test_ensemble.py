@@ -60,7 +60,7 @@ def test_record_is_complete_and_finetuning_helps(records) -> None:  # type: igno
 
 
 def test_interpolation_ends_at_the_two_models(ep, digits, records) -> None:  # type: ignore[no-untyped-def]
-    from gamfsolve import _demo
+    from gamfsolve.adapters import _demo
 
     cell = records["homog"]
     train, test = digits

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from gamfsolve.adapters import _demo
 from torch import nn
 
 import gamfsolve
-from gamfsolve import _demo, datasets
+from gamfsolve import datasets
 
 __all__ = ["METHODS", "Cell", "Protocol", "interpolate", "iter_configs", "load_data", "run_config"]
 

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ensemble_protocol as ep
 import ensemble_report as er
+from gamfsolve.adapters import _demo
 
 import gamfsolve
-from gamfsolve import _demo
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._builders import conv, dense, make_spec, mlp_spec
-from ._errors import FusionError
-from ._spec import Blocks, PermutationSpec
+from gamfsolve import Blocks, FusionError, PermutationSpec, conv, dense, make_spec, mlp_spec
 
 __all__ = [
     "LeNet",
