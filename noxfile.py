@@ -1,7 +1,9 @@
 """Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, demo, ensemble.
 
-Every session installs through constraints.txt, which pins torch to the CPU build on the
-project's machines; a user elsewhere is free to drop it.
+Sessions run the installed console script (`gamfsolve ...`), not `python -m gamfsolve`: the
+latter puts the source folder first on sys.path, where gamfsolve.adapters (installed from the
+top-level adapters/ folder) is not found. Every session installs through constraints.txt,
+which pins torch to the CPU build on the project's machines; a user elsewhere can drop it.
 """
 
 from __future__ import annotations
@@ -68,14 +70,14 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: every figure measured side by side in one run."""
     _install(session, "test,examples")
-    session.run("python", "-m", "gamfsolve", "bench", *session.posargs, env=ENV)
+    session.run("gamfsolve", "bench", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: train small models on bundled data, fuse them by every method, compare."""
     _install(session, "torch,examples")
-    session.run("python", "-m", "gamfsolve", "demo", *session.posargs, env=ENV)
+    session.run("gamfsolve", "demo", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)
