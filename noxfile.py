@@ -35,6 +35,7 @@ def tests(session: nox.Session) -> None:
     # The adapters install as gamfsolve.adapters from the top-level adapters/ folder: prove it
     # works in an editable install too, imported from outside the source tree.
     session.install("--no-deps", "-e", ".")
+    session.chdir(session.create_tmp())  # outside the source tree, whose root holds adapters/
     session.run(
         "python", "-c",
         "import gamfsolve.adapters, importlib.util as u; "
