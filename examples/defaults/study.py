@@ -69,7 +69,7 @@ def main() -> None:
         "# How gamf's defaults were chosen",
         "",
         f"Command: `python examples/defaults/study.py --seeds {args.seeds} --epochs {args.epochs}` "
-        f"(MNIST {train.name}, {len(train.y)} train / {len(test.y)} held out, bias-free 784-256-256-10 MLPs and "
+        f"({train.name}, {len(train.y)} train / {len(test.y)} held out, bias-free 784-256-256-10 MLPs and "
         "LeNets from the ensemble protocol). One-shot accuracy (%) of the fused model, mean over seeds.",
         "",
         "| variant | " + " | ".join(f"{a} N={n} {p}" for a, n, p in CELLS) + " | mean time (s) |",
