@@ -226,4 +226,5 @@ def _entry(runs: list[tuple[str | None, Seg]], lonely: set[str]) -> AxisEntry:
             parts.append(Blocks(group, inner=seg.inner, outer=seg.outer))
     if all(isinstance(p, int) for p in parts):
         return None
-    return parts[0] if len(parts) == 1 else Concat(*parts)
+    first = parts[0]
+    return first if len(parts) == 1 and not isinstance(first, int) else Concat(*parts)

@@ -172,7 +172,7 @@ def _module_call(node: fx.Node, mod: nn.Module, env: Env) -> Call:
     if kind.startswith("conv"):
         kwargs["groups"] = mod.groups
     elif kind == "layer_norm" or kind == "rms_norm":
-        kwargs["normalized_shape"] = tuple(mod.normalized_shape)
+        kwargs["normalized_shape"] = tuple(mod.normalized_shape)  # type: ignore[arg-type]
     elif kind == "group_norm":
         kwargs["num_groups"] = mod.num_groups
     args = tuple(node.args)
@@ -231,7 +231,7 @@ def trace_fx(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule, dict[fx.
         shapes[node] = _shape(value)
         return value
 
-    interp.run_node = run_node  # type: ignore[method-assign]
+    interp.run_node = run_node  # type: ignore[method-assign,assignment]
     with torch.no_grad():
         interp.run(*inputs)
     return gm, shapes
