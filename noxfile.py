@@ -21,6 +21,13 @@ CONSTRAINTS = ("-c", "constraints.txt")
 ENV = {"KERAS_BACKEND": "torch", "PYTHONHASHSEED": "0", "NUMBA_CACHE_DIR": os.path.join(tempfile.gettempdir(), "gamfsolve-numba")}
 
 
+def _short_tmp() -> str:
+    """A temporary folder under the system's temp dir. Not nox's session.create_tmp(): that also
+    points TMPDIR into .nox/, and Ray's Unix sockets under such a long path exceed the 107-byte
+    limit, which hangs Flower's simulation."""
+    return tempfile.mkdtemp(prefix="gamfsolve-")
+
+
 def _install(session: nox.Session, extras: str, *, editable: bool = False) -> None:
     target = f".[{extras}]"
     session.install(*CONSTRAINTS, *(["-e", target] if editable else [target]))
@@ -30,12 +37,12 @@ def _install(session: nox.Session, extras: str, *, editable: bool = False) -> No
 def tests(session: nox.Session) -> None:
     """The fast test suite on a regular (non-editable) install, then an editable-install check."""
     _install(session, "test")
-    env = {**ENV, "KERAS_HOME": session.create_tmp()}
+    env = {**ENV, "KERAS_HOME": _short_tmp()}
     session.run("pytest", "-m", "not slow", *session.posargs, env=env)
     # The adapters install as gamfsolve.adapters from the top-level adapters/ folder: prove it
     # works in an editable install too, imported from outside the source tree.
     session.install("--no-deps", "-e", ".")
-    session.chdir(session.create_tmp())  # outside the source tree, whose root holds adapters/
+    session.chdir(_short_tmp())  # outside the source tree, whose root holds adapters/
     session.run(
         "python", "-c",
         "import gamfsolve.adapters, importlib.util as u; "
@@ -49,7 +56,7 @@ def tests(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """Slow tests (training on MNIST, planted recovery at full size)."""
     _install(session, "test,examples")
-    session.run("pytest", "-m", "slow", *session.posargs, env={**ENV, "KERAS_HOME": session.create_tmp()})
+    session.run("pytest", "-m", "slow", *session.posargs, env={**ENV, "KERAS_HOME": _short_tmp()})
 
 
 @nox.session(python=PYTHON)

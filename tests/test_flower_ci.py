@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def test_flower_simulation_in_a_child_process(tmp_path: Path) -> None:
     # Run outside the source tree, so the installed gamfsolve (with its adapters) is imported;
     # Ray's workers unpickle the test's functions by module name ("tests...."): let them find it.
     (tmp_path / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # Ray's Unix socket paths must stay short (107 bytes): keep its temp dir out of long TMPDIRs.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp" if os.path.isdir("/tmp") else None)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RAY_TMPDIR": ray_tmp}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=LIMIT_S, check=False)
     except subprocess.TimeoutExpired:
