@@ -27,14 +27,17 @@ import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
+from ._torch_repair import repair
 from ._torch_trace import derive_spec, trace_export, trace_fx
 
 __all__ = [
+    "align_modules",
     "check_spec",
     "from_arrays",
     "fuse_modules",
     "load_program",
     "load_state",
+    "repair",
     "reset_bn_stats",
     "save_state",
     "spec_from_module",
@@ -249,6 +252,34 @@ def fuse_modules(
     arrays = [to_arrays(m) for m in modules]
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     return from_arrays(modules[0], fused)
+
+
+def align_modules(
+    modules: Sequence[nn.Module],
+    example_inputs: Any,
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    spec: PermutationSpec | None = None,
+    check: bool = True,
+    **options: Any,
+) -> list[nn.Module]:
+    """Each module with its units put into the common order of :func:`gamfsolve.match`.
+
+    Every result is a new module computing the same function as its input (hidden units only
+    relabelled); their ``weights``-average is what :func:`fuse_modules` returns for the same
+    ``method``, ``weights``, ``seed`` and options. The inputs of :func:`repair`.
+    """
+    _check_same(modules)
+    inputs = _inputs(example_inputs)
+    for k, m in enumerate(modules):
+        _device_check(m, inputs, f"modules[{k}]")
+    if spec is None:
+        spec = spec_from_module(modules[0], inputs, check=check)
+    arrays = [to_arrays(m) for m in modules]
+    result = gamfsolve.match(arrays, spec, method=method, weights=weights, seed=seed, **options)
+    return [from_arrays(m, gamfsolve.permute(arrays[k], spec, result.model_perms(k))) for k, m in enumerate(modules)]
 
 
 def _batches(data: Any) -> Iterable[tuple]:
