@@ -6,7 +6,9 @@ repeats (the machines are shared); errors are ``max |R - R_exact| / max |R_exact
 ``R_exact`` the exact kernel in float64 on the same (rounded) inputs.
 
 Sections: ``kernels`` (each edge-affinity kernel on a layer 512 wide, fan-in 512 and 4608,
-conv 3x3 as 512 edges of 9 numbers; float32/float64; weights of std 0.01..3 ``sqrt(sigma)``);
+conv 3x3 as 512 edges of 9 numbers; float32/float64; weights of std 0.01..3 ``sqrt(sigma)``;
+the factorised rank ``r``; then the float32 matrix-product floor of a rank-``r`` map against
+exact Numba);
 ``e2e`` (two planted models, MLP / VGG11 / ResNet-20x4, every method, one fresh process per
 case for its peak memory); ``many`` (N = 2..16 MLPs 784-256-256-256-10, GAMF in the universe,
 time per outer iteration). ``--quick`` divides the widths by 4 (kernels) or 8 (models).
@@ -83,7 +85,7 @@ def _kernel_cases(quick: bool) -> list[tuple[str, tuple[int, int, int]]]:
 
 def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Section (i): time and error of every kernel, per shape, dtype and weight scale."""
-    from ._kernels import _dispatch
+    from ._kernels import _dispatch, factorised_rank
     from ._kernels._numba import available, edge_affinity_numba
 
     rows = []
@@ -101,7 +103,8 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
                     edge_affinity_numba(x64, y64, 1.0) if available() else _dispatch(x64, y64, 1.0, "matmul", 1e-12)[0]
                 )
                 peak = float(np.max(np.abs(exact)))
-                row: dict[str, Any] = {"case": label, "dtype": np.dtype(dtype).name, "scale": scale}
+                row: dict[str, Any] = {"case": label, "dtype": np.dtype(dtype).name, "scale": scale,
+                                       "rank": factorised_rank(x, y, 1.0, rtol=1e-6)}
                 for name in KERNEL_NAMES:
                     if name == "reference" and 64 * n * e * d * 8 > 2**28:
                         row[name] = None  # its (64, n, E, D) float64 temporaries exceed 256 MiB
@@ -119,8 +122,36 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
     return rows
 
 
+def bench_gemm_floor(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """What any rank-``r`` feature map costs at least: one float32 ``(n, E r) @ (E r, m)`` product.
+
+    Against exact Numba on the same ``n x m x E`` float32 case (weights of std 0.71, the solver's
+    default width); ``ratio`` = Numba time / product time, the best speed-up a rank-``r`` map can reach.
+    """
+    from ._kernels._numba import available, edge_affinity_numba
+
+    if not available():
+        return []
+    n = 128 if quick else 512
+    rng = np.random.default_rng(1)
+    x = (0.71 * rng.standard_normal((n, n, 1))).astype(np.float32)
+    y = x[rng.permutation(n)]
+    edge_affinity_numba(x, y, 1.0)
+    rows = []
+    for r in (1, 2, 3, 4, 6, 8, 12, 20):
+        px = rng.standard_normal((n, n * r)).astype(np.float32)
+        py = rng.standard_normal((n, n * r)).astype(np.float32)
+        t_numba, _ = _best(partial(edge_affinity_numba, x, y, 1.0), 3)  # interleaved with the products
+        t_gemm, _ = _best(partial(np.matmul, px, py.T), 5)
+        rows.append({"n": n, "rank": r, "numba_s": t_numba, "gemm_s": t_gemm})
+        log(f"{n}x{n}x{n} float32  r={r:>2}  product {t_gemm * 1e3:8.2f}ms  exact numba {t_numba * 1e3:8.2f}ms  "
+            f"ratio {t_numba / t_gemm:6.1f}x  ({2 * n**3 * r / t_gemm / 1e9:5.0f} GFLOP/s)")
+    return rows
+
+
 def _kernel_line(row: dict[str, Any]) -> str:
-    cells = [f"{row['case']:<36} {row['dtype']:<7} {row['scale']:>5}"]
+    rank = row.get("rank")
+    cells = [f"{row['case']:<36} {row['dtype']:<7} {row['scale']:>5} {'-' if rank is None else rank:>3}"]
     base = (row.get("numba") or {}).get("time_s")
     for name in KERNEL_NAMES:
         c = row.get(name)
@@ -136,7 +167,7 @@ def _kernel_line(row: dict[str, Any]) -> str:
 
 
 def _kernel_header() -> str:
-    head = f"{'case':<36} {'dtype':<7} {'scale':>5}"
+    head = f"{'case':<36} {'dtype':<7} {'scale':>5} {'r':>3}"
     return head + "".join(f" {name + ' (ms, vs numba, err)':>27}" for name in KERNEL_NAMES)
 
 
@@ -255,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("    (* = fell back to an exact kernel; auto: f/n/m = factorised/numba/matmul chosen)")
         log(_kernel_header())
         report["kernels"] = bench_kernels(args.quick, log)
+        log("\n(i') the floor of a rank-r feature map: one float32 (n, E r) @ (E r, m) product vs exact Numba")
+        report["gemm_floor"] = bench_gemm_floor(args.quick, log)
     if "e2e" in sections:
         log("\n(ii)+(iv) two planted models (permuted copy + 1% noise): match time, peak memory")
         log("    align err = ||align(B) - A|| / ||A||: ~0.01 when the planted permutation is found")

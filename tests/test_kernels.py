@@ -11,7 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gamfsolve import FusionError
-from gamfsolve._kernels import KERNELS, _dispatch, _numba, edge_affinity, edge_features
+from gamfsolve._kernels import (
+    AUTO_MAX_RANK_NUMBA,
+    AUTO_MIN_SIDE_NUMBA,
+    KERNELS,
+    _dispatch,
+    _numba,
+    edge_affinity,
+    edge_features,
+    factorised_rank,
+)
 from gamfsolve._kernels._factorised import basis, bound_key
 from gamfsolve._kernels._reference import edge_affinity_reference
 
@@ -97,24 +106,55 @@ def test_every_scale_numpy(scale: float, kernel: str, dtype: type, dim: int) -> 
 
 
 @pytest.mark.parametrize("backend", ["array_api_strict", "torch"])
-@pytest.mark.parametrize("scale", [0.01, 0.7, 3.0])
+@pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7, 1.0, 3.0])
 @pytest.mark.parametrize("kernel", ["factorised", "matmul", "auto"])
-def test_every_scale_other_backends(backend: str, scale: float, kernel: str) -> None:
-    x, y = _pair(12, 10, 30, 1, scale, seed=3)
-    exact = edge_affinity_reference(x, y, 2.0)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_scale_other_backends(backend: str, scale: float, kernel: str, dtype: type) -> None:
+    """The accuracy claim at every weight scale the benchmark tests, on the non-NumPy backends."""
+    x, y = _pair(12, 10, 30, 1, scale * np.sqrt(2.0), seed=3)
+    x, y = x.astype(dtype), y.astype(dtype)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 2.0)
     r = edge_affinity(_to(backend, x), _to(backend, y), 2.0, kernel=kernel)
-    np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(np.float64), exact))
+    assert r.dtype == _to(backend, x).dtype
+    np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch"])
+@pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7])
+def test_factorised_float32_long_sums(backend: str, scale: float) -> None:
+    """Float32, 2048 edges: the length-``E r`` products keep ``rtol`` (mean split, float64 constant part)."""
+    x, y = _pair(32, 24, 2048, 1, scale, seed=7)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.0)
+    r, used = _dispatch(_to(backend, x), _to(backend, y), 1.0, "factorised", RTOL)
+    assert used == "factorised"
+    assert np.max(np.abs(_host(r).astype(np.float64) - exact)) <= (RTOL + 8 * np.finfo(np.float32).eps) * np.max(exact)
 
 
 def test_factorised_is_used_and_falls_back() -> None:
     """Small spread: the short map is used; spread beyond its budget: an exact kernel answers."""
     x, y = _pair(16, 16, 32, 1, 0.3, seed=1)
     assert _dispatch(x, y, 1.0, "factorised", RTOL)[1] == "factorised"
-    assert _dispatch(x, y, 1.0, "auto", RTOL)[1] == "factorised"
+    assert _dispatch(torch.asarray(x), torch.asarray(y), 1.0, "auto", RTOL)[1] == "factorised"
     x, y = _pair(16, 16, 32, 1, 20.0, seed=1)
     assert _dispatch(x, y, 1.0, "factorised", RTOL)[1] in ("numba", "matmul")
     xd, yd = _pair(16, 16, 32, 9, 0.3, seed=1)
     assert _dispatch(xd, yd, 1.0, "factorised", RTOL)[1] in ("numba", "matmul")
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the auto choice against exact Numba")
+def test_auto_against_numba_takes_only_short_maps() -> None:
+    """NumPy + Numba: ``auto`` takes the map only when it is short and the layer wide enough to pay."""
+    n = AUTO_MIN_SIDE_NUMBA
+    x, y = _pair(n, n, 8, 1, 0.02, seed=2)  # B ~ 0.1: rank 3
+    assert factorised_rank(x, y, 1.0) <= AUTO_MAX_RANK_NUMBA
+    assert _dispatch(x, y, 1.0, "auto", RTOL)[1] == "factorised"
+    assert _dispatch(x[: n - 1], y, 1.0, "auto", RTOL)[1] == "numba"  # too narrow to pay
+    x, y = _pair(n, n, 8, 1, 0.7, seed=2)  # the solver's default width: rank ~ 20
+    assert factorised_rank(x, y, 1.0) > AUTO_MAX_RANK_NUMBA
+    assert _dispatch(x, y, 1.0, "auto", RTOL)[1] == "numba"
+    assert _dispatch(x, y, 1.0, "factorised", RTOL)[1] == "factorised"
+    assert factorised_rank(*_pair(4, 4, 3, 9, 0.1), 1.0) is None
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

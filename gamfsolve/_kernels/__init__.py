@@ -33,8 +33,12 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     5. Where no short map meets ``rtol`` (``r > 64``) or ``D > 1``, it computes exactly
     instead (Numba for NumPy input, else ``"matmul"``).
 ``"auto"``
-    ``"factorised"`` when ``D = 1`` and ``r <= AUTO_MAX_RANK``; otherwise the exact kernel
-    just named.
+    ``"factorised"`` when ``D = 1`` and the short map is expected to beat the exact kernel
+    that would answer instead, otherwise that exact kernel. Against exact Numba (NumPy input)
+    the map pays only for ``r <= AUTO_MAX_RANK_NUMBA`` on layers at least ``AUTO_MIN_SIDE_NUMBA``
+    wide: the vectorised Numba kernel costs about one CPU cycle per ``(a, b, e)`` and a float32
+    matrix product about ``r / 24`` (measured crossover ``r ~ 9-11`` at 512 x 512 x 512, ``r ~ 7``
+    at 128). Against ``"matmul"`` (other backends) it pays up to ``r = AUTO_MAX_RANK``.
 
 ``edge_features(x, sigma, bound=...)`` exposes the factorised kernel's feature map, so that
 sums over many models move inside one product (see its docstring for the contract).
@@ -53,11 +57,19 @@ from . import _factorised, _numba
 from ._matmul import edge_affinity_matmul
 from ._reference import edge_affinity_reference
 
-__all__ = ["AUTO_MAX_RANK", "KERNELS", "edge_affinity", "edge_features"]
+__all__ = ["AUTO_MAX_RANK", "AUTO_MAX_RANK_NUMBA", "KERNELS", "edge_affinity", "edge_features", "factorised_rank"]
 
 Array = Any
 KERNELS = ("auto", "reference", "numba", "factorised", "matmul")
-AUTO_MAX_RANK = 40  # measured: rank 40 costs ~45 ms at 512 x 512 x 512 float32, exact Numba ~135 ms
+# Against the exact "matmul" kernel (torch, array-api-strict, CuPy): torch CPU, 512 x 512 x 512 float32,
+# matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
+# edge_features uses this limit too (the many-model sums; see its docstring).
+AUTO_MAX_RANK = 40
+# Against the vectorised exact Numba kernel (NumPy): one core, float32, factorised / Numba speed-up
+# measured 4.7x at r = 3, 2.2x at 6, 1.5x at 8, 1.2x at 10, 0.56x at 19 (512 x 512 x 512); 2.2x at r = 3,
+# 1.5x at 5, 0.8x at 8 (128 x 128 x 128); below 128 units the exact kernel wins at every rank.
+AUTO_MAX_RANK_NUMBA = 6
+AUTO_MIN_SIDE_NUMBA = 128
 
 
 def _check_kernel(kernel: str) -> str:
@@ -85,29 +97,60 @@ def _exact(x: Array, y: Array, sigma: float, xp: Any, rtol: float) -> tuple[Arra
 
 
 def _factorised_affinity(x: Array, y: Array, sigma: float, xp: Any, rtol: float, max_rank: int) -> Array | None:
-    """``Phi_x @ Phi_y^T`` meeting ``rtol * max R`` (a posteriori check), or None (no short map)."""
+    """The centred short map meeting ``rtol * max R`` (a posteriori check), or None (no short map).
+
+    ``R = F_x 1^T + 1 F_y^T - E + Phi~_x Phi~_y^T`` with ``F_x[a] = sum_e k(x[a, e], c_e)`` exact
+    (``n E`` exp) and ``Phi~`` the features of the centred kernel (:func:`._factorised.basis`).
+    """
     n_edges = x.shape[1]
     centre, bound = _factorised.plan_bound(x[:, :, 0], y[:, :, 0], sigma, xp)
     if bound > _factorised.max_bound(max_rank):
         return None  # the rank would exceed the budget: skip building a basis
     key = _factorised.bound_key(bound)
+    vx, vy = x[:, :, 0] - centre, y[:, :, 0] - centre
     scale = key * math.sqrt(sigma)
-    tx = xp.clip((x[:, :, 0] - centre) / scale, -1.0, 1.0)
-    ty = xp.clip((y[:, :, 0] - centre) / scale, -1.0, 1.0)
+    tx, ty = xp.clip(vx / scale, -1.0, 1.0), xp.clip(vy / scale, -1.0, 1.0)
     tol = rtol / 4.0
+    row = col = None
     for _ in range(2):
-        w = _factorised.basis(key, _factorised.tol_key(tol))
+        w = _factorised.basis(key, _factorised.tol_key(tol), centred=True)
         if w is None or w.shape[1] > max_rank:
             return None
-        r = _factorised.product(_factorised.features_scaled(tx, w, xp), _factorised.features_scaled(ty, w, xp), xp)
-        # Per edge the error is <= tol, so entrywise <= E * tol; enough if E * tol <= rtol * max R.
-        need = rtol * float(xp.max(r)) / n_edges
+        if row is None:
+            row, col = _factorised.anchor_sums(vx, sigma, xp), _factorised.anchor_sums(vy, sigma, xp)
+        px, py = _factorised.features_scaled(tx, w, xp), _factorised.features_scaled(ty, w, xp)
+        r = _factorised.product(px, py, xp, row=row, col=col, shift=-float(n_edges))
+        # Per edge the error is <= tol, so entrywise <= E * tol; enough if E * tol <= rtol * max R
+        # (max R >= max R~ - E tol).
+        need = rtol * (float(xp.max(r)) - n_edges * tol) / n_edges
         if tol <= need:
             return r
         tol = need / 2.0
         if not tol > 1e-13:
             return None
     return None
+
+
+def _auto_limit(x: Array, y: Array) -> int:
+    """The largest rank at which ``"auto"`` takes the short map (0: never) for this input."""
+    if isinstance(x, np.ndarray) and _numba.available():
+        return AUTO_MAX_RANK_NUMBA if min(x.shape[0], y.shape[0]) >= AUTO_MIN_SIDE_NUMBA else 0
+    return AUTO_MAX_RANK
+
+
+def factorised_rank(x: Array, y: Array, sigma: float, *, rtol: float = 1e-6) -> int | None:
+    """Rank ``r`` of the first factorised pass for this input (None: ``D > 1`` or no map within 64).
+
+    For reports and benchmarks; costs two reductions over the inputs (bases are cached).
+    """
+    xp = _check_pair(x, y, sigma)
+    if x.shape[2] != 1 or x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] == 0:
+        return None
+    _, bound = _factorised.plan_bound(x[:, :, 0], y[:, :, 0], sigma, xp)
+    if bound > _factorised.max_bound(_factorised.MAX_RANK):
+        return None
+    w = _factorised.basis(_factorised.bound_key(bound), _factorised.tol_key(rtol / 4.0), centred=True)
+    return None if w is None else int(w.shape[1])
 
 
 def _dispatch(x: Array, y: Array, sigma: float, kernel: str, rtol: float) -> tuple[Array, str]:
@@ -128,8 +171,8 @@ def _dispatch(x: Array, y: Array, sigma: float, kernel: str, rtol: float) -> tup
     if kernel == "matmul":
         return edge_affinity_matmul(x, y, sigma, xp, rtol=rtol), "matmul"
     if dim == 1:
-        limit = _factorised.MAX_RANK if kernel == "factorised" else AUTO_MAX_RANK
-        r = _factorised_affinity(x, y, sigma, xp, rtol, limit)
+        limit = _factorised.MAX_RANK if kernel == "factorised" else _auto_limit(x, y)
+        r = _factorised_affinity(x, y, sigma, xp, rtol, limit) if limit > 0 else None
         if r is not None:
             return r, "factorised"
     return _exact(x, y, sigma, xp, rtol)

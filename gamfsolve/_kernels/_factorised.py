@@ -41,7 +41,7 @@ import numpy as np
 from .._xp import device
 from . import _numba
 
-__all__ = ["MAX_RANK", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
+__all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
 
 Array = Any
 MAX_RANK = 64  # beyond this a short map stops paying (and the grid check gets slow)
@@ -71,21 +71,29 @@ def _cheb(t: np.ndarray, q: int) -> np.ndarray:
     return out
 
 
-def _try_nodes(b: float, q: int, tol: float, grid: np.ndarray, exact: np.ndarray) -> np.ndarray | None:
+def _kernel(b: float, s: np.ndarray, t: np.ndarray, centred: bool) -> np.ndarray:
+    """``k(s, t) = exp(-b^2 (s - t)^2)`` on scaled points (or its centred part, see :func:`basis`)."""
+    k = np.exp(-((b * (s[:, None] - t[None, :])) ** 2))
+    if centred:
+        k = k - np.exp(-((b * s) ** 2))[:, None] - np.exp(-((b * t) ** 2))[None, :] + 1.0
+    return k
+
+
+def _try_nodes(b: float, q: int, tol: float, grid: np.ndarray, exact: np.ndarray, centred: bool) -> np.ndarray | None:
     """The smallest-rank basis ``(q, r)`` from ``q`` Chebyshev nodes meeting ``tol / 2`` on ``grid``.
 
     On the grid, error <= (error of the full rank-``q`` interpolant, measured) + (sum of the
     dropped ``|lambda_k| max_g (v_k . T(g))^2``, a bound on what truncation adds).
     """
     nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)  # Chebyshev points of the first kind on [-1, 1]
-    vals = np.exp(-((b * (nodes[:, None] - nodes[None, :])) ** 2))
+    vals = _kernel(b, nodes, nodes, centred)
     to_coef = 2.0 / q * _cheb(nodes, q).T  # values at the nodes -> Chebyshev coefficients
     to_coef[0] /= 2.0
     coef = to_coef @ vals @ to_coef.T
     lam, vec = np.linalg.eigh((coef + coef.T) / 2.0)
     order = np.argsort(-lam)
     lam, vec = lam[order], vec[:, order]
-    proj = _cheb(grid / b, q) @ vec  # (G, q)
+    proj = _cheb(grid, q) @ vec  # (G, q)
     interp = float(np.max(np.abs((proj * lam) @ proj.T - exact)))
     if interp > tol / 4.0:
         return None
@@ -104,22 +112,31 @@ def max_bound(max_rank: int) -> float:
 
 
 @lru_cache(maxsize=256)
-def basis(b: float, tol: float) -> np.ndarray | None:
+def basis(b: float, tol: float, centred: bool = False) -> np.ndarray | None:
     """``W`` ``(Q, r)``, float64: ``exp(-(p - q)^2) ~ T(p/b) W W^T T(q/b)`` within ``tol`` on ``[-b, b]^2``.
 
+    ``centred``: expand instead ``k~(p, q) = k(p, q) - k(p, 0) - k(0, q) + 1`` (``k`` with the
+    lines through the centre taken out; positive semi-definite, one rank shorter than ``k``); the
+    caller adds back ``k(p, 0) + k(0, q) - 1`` exactly, as sums over edges (row and column terms).
     None when no basis of rank ``<= MAX_RANK`` reaches ``tol``.
     """
     if b > max_bound(MAX_RANK) * 1.2:
         return None
-    grid = np.linspace(-b, b, 48 + int(48 * math.ceil(b)))
-    exact = np.exp(-((grid[:, None] - grid[None, :]) ** 2))
+    grid = np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
+    exact = _kernel(b, grid, grid, centred)
     q = 8 + math.ceil(5.0 * b)
     while q <= _MAX_NODES:
-        w = _try_nodes(b, q, tol, grid, exact)
+        w = _try_nodes(b, q, tol, grid, exact, centred)
         if w is not None:
             return w
         q += 2 + q // 8
     return None
+
+
+def anchor_sums(v: Array, sigma: float, xp: Any) -> Array:
+    """``sum_e exp(-v[a, e]^2 / sigma)`` ``(n,)`` in float64, for centred values ``v`` ``(n, E)``: ``n E`` exp."""
+    v64 = xp.astype(v, xp.float64)
+    return xp.sum(xp.exp(-(v64 * v64) / sigma), axis=1)
 
 
 def plan_bound(x: Array, y: Array, sigma: float, xp: Any) -> tuple[Array, float]:
@@ -156,21 +173,28 @@ def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -
     return xp.reshape(xp.permute_dims(xp.reshape(phi, (n, n_edges, r)), (0, 2, 1)), (n, r * n_edges))
 
 
-def product(px: Array, py: Array, xp: Any) -> Array:
-    """``px @ py^T`` with the common mean feature ``mu`` split off and summed in float64.
+def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Array | None = None,
+            shift: float = 0.0) -> Array:
+    """``px @ py^T (+ row[:, None] + col[None, :] + shift)`` with the mean feature split off.
 
-    ``px py^T = mu.mu + dx.mu + mu.dy + dx dy^T`` (``d = p - mu``). When the weights are small
-    against ``sqrt(sigma)`` every unit has nearly the same features and ``R ~ E``; a float32
-    product of length ``E r`` would lose ``~sqrt(E r) eps`` of that to rounding, while ``dx dy^T``
-    is small and its rounding with it. Float64 inputs skip the split.
+    ``row`` ``(n,)`` and ``col`` ``(m,)`` are float64 (the centred expansion's exact terms).
+    ``px py^T = mu.mu + dx.mu + mu.dy + dx dy^T`` (``d = p - mu``, ``mu`` the mean feature of both
+    sides): when the weights are small against ``sqrt(sigma)`` every unit has nearly the same
+    features, and a float32 product of length ``E r`` would lose ``~sqrt(E r) eps`` of the large
+    common part to rounding; here that part is summed in float64 and only the small ``dx dy^T``
+    is rounded in float32. Float64 inputs skip the split. Cost: one ``2 n m E r`` product plus
+    ``O((n + m) E r + n m)``.
     """
     if px.dtype == xp.float64:
-        return px @ xp.permute_dims(py, (1, 0))
+        full = px @ xp.permute_dims(py, (1, 0))
+        return full if row is None or col is None else full + (row[:, None] + (col + shift)[None, :])
     mu = (xp.sum(px, axis=0) + xp.sum(py, axis=0)) / float(px.shape[0] + py.shape[0])
     dx, dy = px - mu, py - mu
     core = xp.astype(dx @ xp.permute_dims(dy, (1, 0)), xp.float64)
-    row = xp.astype(dx @ mu, xp.float64)  # (n,), small terms: float32 is enough
-    col = xp.astype(dy @ mu, xp.float64)
     mu64 = xp.astype(mu, xp.float64)
-    full = core + row[:, None] + col[None, :] + xp.sum(mu64 * mu64)
+    r_vec = xp.astype(dx @ mu, xp.float64) + xp.sum(mu64 * mu64)  # (n,), small terms: float32 is enough
+    c_vec = xp.astype(dy @ mu, xp.float64)
+    if row is not None and col is not None:
+        r_vec, c_vec = r_vec + row, c_vec + (col + shift)
+    full = core + r_vec[:, None] + c_vec[None, :]
     return xp.astype(full, px.dtype)
