@@ -25,11 +25,13 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     ``(E, n, D) @ (E, D, m)`` product, then vectorised ``exp``: ``2 n m E D`` flops plus
     ``n m E`` exp; any backend (the exact kernel on GPUs). The floor for ``D > 1``.
 ``"factorised"``
-    ``D = 1`` only: a short separable expansion of the Gaussian (Chebyshev interpolation,
-    compressed to ``r`` eigen-features; see :mod:`._factorised`) so ``R = Phi_x @ Phi_y^T``
-    with ``Phi`` of shape ``(n, E r)``: ``2 n m E r`` flops at matrix-product speed, no exp.
+    ``D = 1`` only: a short separable expansion of the Gaussian with the lines through the
+    centre taken out (Chebyshev interpolation, compressed to ``r`` eigen-features; see
+    :mod:`._factorised`), so ``R = F_x 1^T + 1 F_y^T - E + Phi_x @ Phi_y^T`` with exact anchor
+    sums ``F`` (``(n + m) E`` exp) and ``Phi`` of shape ``(n, E r)``: ``2 n m E r`` flops at
+    matrix-product speed.
     ``r`` depends on the spread of the weights in units of ``sqrt(sigma)``
-    (``B = max half-range / sqrt(sigma)``): about 6 at ``B = 0.5``, 12 at 1.5, 20 at 3, 31 at
+    (``B = max half-range / sqrt(sigma)``): about 5 at ``B = 0.5``, 10 at 1.5, 18 at 3, 29 at
     5. Where no short map meets ``rtol`` (``r > 64``) or ``D > 1``, it computes exactly
     instead (Numba for NumPy input, else ``"matmul"``).
 ``"auto"``
