@@ -97,7 +97,14 @@ def ensemble(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def fl(session: nox.Session) -> None:
-    """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png)."""
+    """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png).
+
+    The full comparison (5 and 10 clients, 3 seeds, 20 rounds, 4 methods) took 28 minutes on a
+    shared 2-core machine; it resumes from examples/fl/results.json, so an interrupted run repeats no finished one.
+    Extra arguments go to examples/fl/run.py (e.g. ``nox -s fl -- --clients 5 --seeds 0``).
+    """
     _install(session, "fl,examples,test")
-    session.run("pytest", "tests/test_flower.py", "tests/test_flower_simulation.py", env=ENV)
-    session.run("python", "examples/fl/run.py", *session.posargs, env=ENV)
+    # the Ray simulation test runs in a child process with a time limit (test_flower_ci.py)
+    session.run("pytest", "tests/test_flower.py", "tests/test_flower_ci.py", env=ENV)
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp" if os.path.isdir("/tmp") else None)  # short socket paths
+    session.run("python", "examples/fl/run.py", *session.posargs, env={**ENV, "RAY_TMPDIR": ray_tmp})

@@ -149,8 +149,10 @@ def make_client_app(
     tensors ``(x, y)`` (e.g. chosen by ``context.node_config["partition-id"]``). The train
     reply carries the state dict and ``{"train-loss", "num-examples"}``; the evaluate reply
     ``{"loss", "accuracy", "num-examples"}`` on ``eval_data_fn`` (default: the training data).
-    The config keys ``local-epochs``, ``lr`` and ``mu`` override the defaults per round. MOON
-    keeps the previous local model in ``context.state`` (and reports ``moon-had-previous``).
+    The config keys ``local-epochs``, ``lr``, ``mu`` and ``algorithm`` override the defaults per
+    round. MOON keeps the previous local model in ``context.state`` (and reports
+    ``moon-had-previous``); round 1 starts a new run, so a model kept from an earlier run in the
+    same simulation (several ``strategy.start`` calls) is not used as the negative.
     """
     if algorithm not in ("local", "moon"):
         raise FusionError(f"algorithm must be 'local' or 'moon', got {algorithm!r}")
@@ -159,12 +161,17 @@ def make_client_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = _config(msg)
+        algo = str(cfg.get("algorithm", algorithm))
+        if algo not in ("local", "moon"):
+            raise FusionError(f"algorithm must be 'local' or 'moon', got {algo!r}")
+        if int(cfg.get("server-round", 0)) == 1:  # a new run: no previous local model yet
+            context.state.pop(PREVIOUS_KEY, None)
         global_arrays = _global_arrays(msg)
         model = model_fn()
         model.load_state_dict(global_arrays.to_torch_state_dict())
         x, y = data_fn(context)
         extra: dict[str, Any] = {}
-        if algorithm == "moon":
+        if algo == "moon":
             extra["global_model"] = copy.deepcopy(model)
             if PREVIOUS_KEY in context.state:
                 previous = model_fn()
@@ -184,10 +191,10 @@ def make_client_app(
             **extra,
         )
         state = ArrayRecord(model.state_dict())
-        if algorithm == "moon":
+        if algo == "moon":
             context.state[PREVIOUS_KEY] = ArrayRecord(model.state_dict())
         metrics = MetricRecord({"train-loss": loss, "num-examples": len(y)})
-        if algorithm == "moon":
+        if algo == "moon":
             metrics["moon-had-previous"] = float("previous_model" in extra)
         return Message(content=RecordDict({"arrays": state, "metrics": metrics}), reply_to=msg)
 

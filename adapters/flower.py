@@ -57,6 +57,10 @@ class FedGAMF(FedAvg):
     (integer counters such as BatchNorm's ``num_batches_tracked``) are copied from the first
     valid client.
 
+    ``match_log`` lists, per fused round, the number of clients, the matching's iterations,
+    convergence and seconds, and how many models it put in another unit order than the first
+    (``permuted``; 0: the aggregate is FedAvg's, up to one relabelling of all units).
+
     Robustness: a client whose reply carries an error, NaN/Inf, a wrong shape, a wrong key
     set or no usable example count is left out of that round (logged at WARNING level). A
     round with fewer than ``min_train_nodes`` valid replies, or whose fused model would not be
@@ -105,6 +109,7 @@ class FedGAMF(FedAvg):
         self.seed = seed
         self.match_options = dict(match_options or {})
         self._reference: Signature | None = None
+        self.match_log: list[dict[str, Any]] = []  # per fused round: clients, iterations, convergence, seconds
 
     @classmethod
     def from_module(cls, module: Any, example_inputs: Any, **options: Any) -> FedGAMF:
@@ -170,6 +175,10 @@ class FedGAMF(FedAvg):
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             fused = merge(models, spec, result, weights=weights)
+            self.match_log.append(
+                {"round": server_round, "clients": len(models), "n_iter": result.n_iter,
+                 "converged": result.converged, "seconds": result.time, "permuted": _permuted(result.perms)}
+            )
             logger.info(
                 "round %d: fused %d clients by %s (%d iterations, converged=%s, %.2fs)",
                 server_round,
@@ -193,6 +202,14 @@ class FedGAMF(FedAvg):
         except Exception as exc:  # metrics are advisory: never lose a round's model over them
             logger.warning("training metrics not aggregated: %s", exc)
             return None
+
+
+def _permuted(perms: Mapping[str, Any]) -> int:
+    """How many models the matching put in a unit order other than the first model's."""
+    n = len(next(iter(perms.values()), []))
+    return sum(
+        any(not np.array_equal(np.asarray(p[k]), np.asarray(p[0])) for p in perms.values()) for k in range(1, n)
+    )
 
 
 def _restrict(spec: PermutationSpec, names: list[str]) -> PermutationSpec:

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from gamfsolve.adapters.flower import FedGAMF, moon_loss, train_local  # noqa: E402
+from gamfsolve.adapters.flower import FedGAMF, make_client_app, moon_loss, train_local  # noqa: E402
 
 import gamfsolve  # noqa: E402
 from gamfsolve import FusionError, mlp_spec  # noqa: E402
@@ -221,3 +221,37 @@ def test_solver_warning_goes_to_the_log(caplog: pytest.LogCaptureFixture) -> Non
         out, _ = strategy.aggregate_train(3, [_reply(i, _model(i)) for i in (1, 2, 3)])
     assert out is not None
     assert "round 3: gamf stopped after 12 iterations" in caplog.text
+
+
+def _train_message(server_round: int, algorithm: str) -> Message:
+    config = ConfigRecord({"server-round": server_round, "algorithm": algorithm})
+    content = RecordDict({"arrays": ArrayRecord(_Tiny().state_dict()), "config": config})
+    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def test_client_algorithm_per_round_and_moon_restarts_at_round_one() -> None:
+    """Several runs in one simulation: the config picks the algorithm; round 1 drops MOON's previous model."""
+    from flwr.app import Context
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    app = make_client_app(_Tiny, lambda context: (x, y), algorithm="local")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    had = [
+        app(_train_message(r, algo), context).content["metrics"].get("moon-had-previous")
+        for r, algo in [(1, "moon"), (2, "moon"), (1, "moon")]
+    ]
+    assert had == [0.0, 1.0, 0.0]
+    reply = app(_train_message(1, "local"), context)
+    assert "moon-had-previous" not in reply.content["metrics"]
+    assert "gamfsolve-moon-previous" not in context.state
+    with pytest.raises(FusionError, match="algorithm"):
+        app(_train_message(1, "fedprox"), context)
+
+
+def test_match_log_records_each_fused_round() -> None:
+    base = _model(0)
+    perm = np.array([3, 0, 1, 2, 7, 4, 5, 6])
+    strategy = FedGAMF(SPEC, method="weight_matching", seed=0)
+    strategy.aggregate_train(1, [_reply(1, base), _reply(2, _permuted(base, perm))])
+    strategy.aggregate_train(2, [_reply(1, base), _reply(2, base)])
+    assert [(m["round"], m["clients"], m["permuted"]) for m in strategy.match_log] == [(1, 2, 1), (2, 2, 0)]

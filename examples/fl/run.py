@@ -1,36 +1,45 @@
 """Federated learning on Flower's simulation runtime: FedAvg, GAMF, MOON, GAMF + MOON.
 
 Dirichlet(alpha) label-skewed MNIST shares, all clients every round, a small CNN, held-out
-accuracy of the global model after every round (server-side evaluation). Writes
-``results.json``, ``RESULTS.md`` (final accuracy, mean +- std over seeds, laid out like
-Table 1 of Liu et al. 2022) and ``accuracy.png`` into ``--out``.
+accuracy of the global model after every round (server-side evaluation). One Flower
+simulation (one Ray start) per (client count, seed) runs the four methods one after the
+other from the same initial model; each method is a fresh strategy (``strategy.start``), and
+the clients switch between plain and MOON training by the round's config.
+
+Writes ``results.json`` (after every finished run, so an interrupted run resumes where it
+stopped: runs already there under the same protocol are not repeated), ``RESULTS.md`` (final
+accuracy, mean +- std over seeds, laid out like Table 1 of Liu et al. 2022) and
+``accuracy.png`` into ``--out``.
 
     python examples/fl/run.py                      # the full run: 5 and 10 clients, 3 seeds, 20 rounds
-    python examples/fl/run.py --clients 5 --seeds 0 --rounds 3   # a quick look
+    python examples/fl/run.py --clients 5 --seeds 0 --rounds 3 --out /tmp/fl   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
+import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fl_common import Federation, SmallCNN, cnn_spec, make_federation
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 from gamfsolve.adapters.flower import FedGAMF, evaluate_model, make_client_app
+from report import write_report
 
 logger = logging.getLogger("fl-example")
 
@@ -41,6 +50,8 @@ METHODS = {
     "MOON": ("fedavg", "moon"),
     "GAMF + MOON": ("gamf", "moon"),
 }
+# the settings a cached run must share with this invocation to be reused
+PROTOCOL = ("rounds", "per_client", "n_test", "alpha", "epochs", "lr", "batch_size", "mu", "fuse_method", "match_options")
 
 
 def _model(size: int) -> SmallCNN:
@@ -48,50 +59,33 @@ def _model(size: int) -> SmallCNN:
     return SmallCNN(size)
 
 
-def run_one(name: str, fed: Federation, *, rounds: int, seed: int, args: argparse.Namespace) -> list[float]:
-    """One simulation; the held-out accuracy of the global model after rounds 0..rounds."""
-    aggregation, algorithm = METHODS[name]
+def _strategy(aggregation: str, model: SmallCNN, n_clients: int, seed: int, args: argparse.Namespace) -> FedAvg:
+    common = {"fraction_evaluate": 0.0, "min_train_nodes": n_clients, "min_available_nodes": n_clients}
+    if aggregation == "gamf":
+        return FedGAMF(cnn_spec(model), method=args.fuse_method, seed=seed, match_options=args.match_options, **common)
+    return FedAvg(**common)
+
+
+def run_cell(
+    fed: Federation, *, seed: int, methods: list[str], args: argparse.Namespace, on_done: Callable[[dict[str, Any]], None]
+) -> None:
+    """One Flower simulation running ``methods`` in turn; ``on_done(record)`` after each."""
     n_clients = len(fed.parts)
     size = fed.size
-    store: dict[str, Any] = {}
 
     def data_fn(context: Context) -> tuple[torch.Tensor, torch.Tensor]:
         return fed.parts[int(context.node_config["partition-id"])]
 
     client = make_client_app(
-        lambda: _model(size),
-        data_fn,
-        algorithm=algorithm,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        mu=args.mu,
-        temperature=0.5,
-        seed=seed,
+        lambda: _model(size), data_fn, algorithm="local", epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, mu=args.mu, temperature=0.5, seed=seed,
     )
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        torch.manual_seed(seed)
-        model = _model(size)
-        common = {"fraction_evaluate": 0.0, "min_train_nodes": n_clients, "min_available_nodes": n_clients}
-        if aggregation == "gamf":
-            strategy: FedAvg = FedGAMF(
-                cnn_spec(model), method=args.fuse_method, seed=seed, match_options=args.match_options, **common
-            )
-        else:
-            strategy = FedAvg(**common)
-
-        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            net = _model(size)
-            net.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate_model(net, *fed.test)
-            return MetricRecord({"accuracy": acc, "loss": loss})
-
-        store["result"] = strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=evaluate_fn
-        )
+        for name in methods:
+            on_done(_run_method(name, grid, fed, seed=seed, args=args))
 
     run_simulation(
         server_app=server,
@@ -99,74 +93,118 @@ def run_one(name: str, fed: Federation, *, rounds: int, seed: int, args: argpars
         num_supernodes=n_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": args.cpus}},
     )
-    history = store["result"].evaluate_metrics_serverapp
-    return [float(history[r]["accuracy"]) for r in sorted(history)]
 
 
-def write_report(results: dict[str, Any], out: Path, note: str) -> None:
-    """RESULTS.md (final accuracy table) and accuracy.png (accuracy vs round)."""
-    import matplotlib
+def _run_method(name: str, grid: Grid, fed: Federation, *, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One federated run (``args.rounds`` rounds) of ``name`` on the simulation's grid."""
+    aggregation, algorithm = METHODS[name]
+    n_clients = len(fed.parts)
+    torch.manual_seed(seed)  # the same initial model for every method of a (clients, seed) cell
+    model = _model(fed.size)
+    strategy = _strategy(aggregation, model, n_clients, seed, args)
+    stamps: list[float] = []
+    curve: dict[int, tuple[float, float]] = {}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        stamps.append(time.perf_counter())
+        net = _model(fed.size)
+        net.load_state_dict(arrays.to_torch_state_dict())
+        loss, acc = evaluate_model(net, *fed.test)
+        curve[server_round] = (acc, loss)
+        return MetricRecord({"accuracy": acc, "loss": loss})
 
-    runs = results["runs"]
-    clients = sorted({r["clients"] for r in runs})
-    names = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    lines = [
-        "# Federated learning with FedGAMF on Flower (MNIST, small CNN)",
-        "",
-        note,
-        "",
-        "Final held-out accuracy (%) of the global model after the last round, mean ± std over seeds:",
-        "",
-        "| method | " + " | ".join(f"MNIST, {c} clients" for c in clients) + " |",
-        "|---|" + "---|" * len(clients),
-    ]
-    fig, axes = plt.subplots(1, len(clients), figsize=(5 * len(clients), 3.6), squeeze=False)
-    for name in names:
-        cells = []
-        for j, c in enumerate(clients):
-            curves = np.array([r["accuracy"] for r in runs if r["method"] == name and r["clients"] == c]) * 100
-            if curves.size == 0:
-                cells.append("—")
-                continue
-            final = curves[:, -1]
-            cells.append(f"{final.mean():.2f} ± {final.std():.2f} (n={len(final)})")
-            mean = curves.mean(axis=0)
-            axes[0, j].plot(np.arange(len(mean)), mean, label=name)
-            axes[0, j].fill_between(np.arange(len(mean)), curves.min(axis=0), curves.max(axis=0), alpha=0.15)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for j, c in enumerate(clients):
-        axes[0, j].set(
-            title=f"{c} clients, Dirichlet alpha={results['config']['alpha']}",
-            xlabel="round",
-            ylabel="held-out accuracy (%)",
-        )
-        axes[0, j].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    cfg = results["config"]
-    lines += [
-        "",
-        "![accuracy vs round](accuracy.png)",
-        "",
-        "## Setting",
-        "",
-        f"- data: {cfg['dataset']}, {cfg['per_client']} training images per client on average, Dirichlet "
-        f"alpha = {cfg['alpha']} label skew, {cfg['n_test']} held-out test images",
-        f"- {cfg['rounds']} rounds, all clients every round, {cfg['epochs']} local epoch(s), Adam lr {cfg['lr']}, "
-        f"batch {cfg['batch_size']}; MOON mu = {cfg['mu']}, temperature 0.5",
-        f"- GAMF rows: `FedGAMF(method={cfg['fuse_method']!r}, match_options={cfg['match_options']!r})`, "
-        "weighted by example count; FedAvg/MOON rows: "
-        "Flower's own `FedAvg`",
-        f"- seeds {cfg['seeds']}; wall time {results['wall_s']:.0f} s on {os.cpu_count()} CPU cores",
-        "- command: `" + cfg["command"] + "`",
-    ]
-    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=args.rounds,
+        train_config=ConfigRecord({"algorithm": algorithm, "mu": args.mu}),
+        evaluate_fn=evaluate_fn,
+        timeout=600,
+    )
+    seconds = time.perf_counter() - t0
+    rounds = sorted(curve)
+    record = {
+        "method": name, "clients": n_clients, "seed": seed,
+        "accuracy": [curve[r][0] for r in rounds], "loss": [curve[r][1] for r in rounds],
+        "round_s": [b - a for a, b in itertools.pairwise(stamps)], "seconds": seconds,
+        "match": getattr(strategy, "match_log", None),
+    }
+    logger.info("%s, %d clients, seed %d: final %.4f (%.0f s)", name, n_clients, seed, record["accuracy"][-1], seconds)
+    return record
+
+
+def _protocol(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in PROTOCOL} | {"dataset": _dataset_name()}
+
+
+def _load_cached(path: Path, protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    """Runs of an earlier results.json made under the same protocol (else none)."""
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if {k: old.get("config", {}).get(k) for k in protocol} != protocol:
+        logger.info("%s was made under another protocol; starting afresh", path)
+        return []
+    return list(old.get("runs", []))
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores"
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.report_only is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = json.loads(args.report_only.read_text())
+        results["note"] = args.note or results.get("note", "")
+        write_report(results, args.out, list(METHODS))
+        return
+    args.match_options = _parse_options(args.match_options, args.fuse_method)
+    _setup_logging()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    protocol = _protocol(args)
+    runs = _load_cached(path, protocol)
+    start = time.perf_counter()
+    config = protocol | {
+        "clients": args.clients, "seeds": args.seeds, "methods": args.methods, "cpus": args.cpus,
+        "command": "python examples/fl/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    results: dict[str, Any] = {"config": config, "runs": runs, "note": args.note, "load_at_start": _load()}
+
+    def save(record: dict[str, Any] | None = None) -> None:
+        if record is not None:
+            runs.append(record)
+        results["wall_s"] = time.perf_counter() - start
+        results["machine"] = _machine()
+        results["load_at_end"] = _load()
+        path.write_text(json.dumps(results, indent=1))
+
+    reused = 0
+    for n in args.clients:
+        for seed in args.seeds:
+            done = {r["method"] for r in runs if r["clients"] == n and r["seed"] == seed}
+            todo = [m for m in args.methods if m not in done]
+            reused += len(args.methods) - len(todo)
+            if todo:
+                fed = make_federation(n, per_client=args.per_client, n_test=args.n_test, alpha=args.alpha, seed=seed)
+                run_cell(fed, seed=seed, methods=todo, args=args, on_done=save)
+    results["reused_runs"] = reused
+    save()
+    write_report(results, args.out, list(METHODS))
+    logger.info("wrote %s (%.0f s, %d run(s) reused)", args.out / "RESULTS.md", results["wall_s"], reused)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, nargs="+", default=[5, 10])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -175,63 +213,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-client", type=int, default=300)
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--mu", type=float, default=1.0)
     p.add_argument("--fuse-method", default="gamf", help="gamfsolve method for the GAMF rows")
     p.add_argument(
-        "--match-options",
-        nargs="*",
-        default=None,
-        metavar="KEY=VALUE",
-        help="options for the GAMF rows' method (default for gamf: affinity=node, the released code's "
-        "neuron-vector kernel; the paper's edge kernel costs minutes per round on 2 cores)",
+        "--match-options", nargs="*", default=None, metavar="KEY=VALUE",
+        help="options for the GAMF rows' method (default for gamf: see DEFAULT_GAMF_OPTIONS)",
     )
-    p.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray")
-    p.add_argument("--note", default="", help="a line stating what was run, put at the top of RESULTS.md")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray (one client actor per CPU)")
+    p.add_argument("--note", default="", help="a paragraph put at the top of RESULTS.md (e.g. the machine's other load)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     p.add_argument("--report-only", type=Path, default=None, help="rewrite the report from this results.json")
-    args = p.parse_args(argv)
-    if args.report_only is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_report(json.loads(args.report_only.read_text()), args.out, args.note or "Run as configured below.")
-        return
-    args.match_options = _parse_options(args.match_options, args.fuse_method)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("fl-example", "gamfsolve"):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    runs = []
-    for n in args.clients:
-        for seed in args.seeds:
-            fed = make_federation(n, per_client=args.per_client, n_test=args.n_test, alpha=args.alpha, seed=seed)
-            for name in args.methods:
-                t0 = time.perf_counter()
-                acc = run_one(name, fed, rounds=args.rounds, seed=seed, args=args)
-                logger.info(
-                    "%s, %d clients, seed %d: final %.4f (%.0f s)", name, n, seed, acc[-1], time.perf_counter() - t0
-                )
-                runs.append({"method": name, "clients": n, "seed": seed, "accuracy": acc})
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "note")}
-    config.update(
-        dataset=_dataset_name(),
-        n_test=args.n_test,
-        command="python examples/fl/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    )
-    results = {"config": config, "runs": runs, "wall_s": time.perf_counter() - start}
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    write_report(results, args.out, args.note or "Run as configured below.")
-    logger.info("wrote %s (%.0f s)", args.out / "RESULTS.md", results["wall_s"])
+    return p
+
+
+# The released code's neuron-vector ("node") affinity: on a shared 2-core machine the paper's edge affinity
+# took 2-12 s per 5-client and 5-60 s per 10-client aggregation (node: 0.7-3 s and 1.4-9 s), too slow for
+# 240 aggregations in about 30 minutes. Pass --match-options affinity=edge for the paper's.
+DEFAULT_GAMF_OPTIONS: dict[str, Any] = {"affinity": "node"}
 
 
 def _parse_options(pairs: list[str] | None, method: str) -> dict[str, Any]:
     """``["affinity=node", "max_iter=50"]`` -> ``{"affinity": "node", "max_iter": 50}``."""
     if pairs is None:
-        return {"affinity": "node"} if method == "gamf" else {}
+        return dict(DEFAULT_GAMF_OPTIONS) if method == "gamf" else {}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -240,6 +247,14 @@ def _parse_options(pairs: list[str] | None, method: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("fl-example", "gamfsolve"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _dataset_name() -> str:
