@@ -42,7 +42,7 @@ __all__: list[str] = []
 
 Array = Any
 Maps = dict[str, Array]
-INITS = ("uniform", "identity", "random", "weight_matching")
+INITS = ("auto", "uniform", "identity", "random", "weight_matching")
 
 
 class _Problem:
@@ -131,13 +131,15 @@ def _gamf(
     affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
     sigma_scale: float = 1.0, tau0: float = 1.0, gamma: float = 0.7, tau_min: float = 0.02,
     max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
-    max_iter: int = 300, init: str = "uniform", universe: bool | None = None,
+    max_iter: int = 300, init: str = "auto", universe: bool | None = None,
 ) -> MatchResult:
     """Graduated assignment; see the module docstring. Options are keyword-only.
 
     ``affinity``: "edge" (the paper's) or "node"; ``tau0 > tau_min``, ``0 < gamma < 1``: the
     annealing schedule on the standardised scores; ``max_sweeps``: sweeps per temperature at
-    most (a stage also ends when plans change by less than ``tol``); ``init``: "uniform",
+    most (a stage also ends when plans change by less than ``tol``); ``init``: "auto" (uniform
+    plans for two models; random plans, the paper's, in the universe: from uniform plans the
+    universe's symmetry is broken late and greedily, measured 4-11 points lower on LeNet N = 4), "uniform",
     "identity", "random" (the paper's) or "weight_matching"; ``universe``: Alg. 2 for all
     models (default when N > 2) instead of aligning to model 0.
     """
@@ -149,6 +151,8 @@ def _gamf(
         raise FusionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
     xp = checked.xp
     uni = len(models) > 2 if universe is None else bool(universe)
+    if init == "auto":
+        init = "random" if uni else "uniform"
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
     prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel)
     maps = _init_maps(prob, init, seed, checked)
