@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs per model (default 10)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="finetuning epochs on the union (default 1)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 2 thrashed on shared cores)")
     p.add_argument("--quick", action="store_true", help="MLP, N = 2, one seed: a smoke run")
     p.add_argument("--resume", action="store_true", help="keep the cells already in OUT/results.json, run the rest")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md and figures from OUT/results.json")
