@@ -225,6 +225,18 @@ def _check_same(modules: Sequence[nn.Module]) -> None:
                 )
 
 
+def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: PermutationSpec | None,
+             check: bool) -> tuple[PermutationSpec, list[dict[str, Any]]]:
+    """Validate ``modules`` against each other and the inputs; the spec (derived unless given) and arrays."""
+    _check_same(modules)
+    inputs = _inputs(example_inputs)
+    for k, m in enumerate(modules):
+        _device_check(m, inputs, f"modules[{k}]")
+    if spec is None:
+        spec = spec_from_module(modules[0], inputs, check=check)
+    return spec, [to_arrays(m) for m in modules]
+
+
 def fuse_modules(
     modules: Sequence[nn.Module],
     example_inputs: Any,
@@ -243,13 +255,7 @@ def fuse_modules(
     inputs are not modified. BatchNorm running statistics are averaged like the other arrays:
     call :func:`reset_bn_stats` on the result when data is available.
     """
-    _check_same(modules)
-    inputs = _inputs(example_inputs)
-    for k, m in enumerate(modules):
-        _device_check(m, inputs, f"modules[{k}]")
-    if spec is None:
-        spec = spec_from_module(modules[0], inputs, check=check)
-    arrays = [to_arrays(m) for m in modules]
+    spec, arrays = _prepare(modules, example_inputs, spec, check)
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     return from_arrays(modules[0], fused)
 
@@ -271,13 +277,7 @@ def align_modules(
     relabelled); their ``weights``-average is what :func:`fuse_modules` returns for the same
     ``method``, ``weights``, ``seed`` and options. The inputs of :func:`repair`.
     """
-    _check_same(modules)
-    inputs = _inputs(example_inputs)
-    for k, m in enumerate(modules):
-        _device_check(m, inputs, f"modules[{k}]")
-    if spec is None:
-        spec = spec_from_module(modules[0], inputs, check=check)
-    arrays = [to_arrays(m) for m in modules]
+    spec, arrays = _prepare(modules, example_inputs, spec, check)
     result = gamfsolve.match(arrays, spec, method=method, weights=weights, seed=seed, **options)
     return [from_arrays(m, gamfsolve.permute(arrays[k], spec, result.model_perms(k))) for k, m in enumerate(modules)]
 
