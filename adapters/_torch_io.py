@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from gamfsolve import FusionError, FusionTypeError
+from gamfsolve._factory import import_factory
 
 __all__ = ["aliases", "deepcopy", "from_arrays", "load_state", "save_state", "to_arrays"]
 
@@ -84,13 +84,7 @@ def deepcopy(module: nn.Module) -> nn.Module:
 
 
 def _factory(spec: str) -> nn.Module:
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise FusionError(f"factory must be 'package.module:callable', got {spec!r}")
-    mod_name, attr = spec.split(":")
-    try:
-        func = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise FusionError(f"cannot import factory {spec!r}: {exc}") from exc
+    func = import_factory(spec)
     return _check_module(func(), f"factory {spec!r} result")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ._cli_common import EXIT_BAD_FILE, EXIT_MISMATCH, EXIT_USAGE, CliError
 from ._errors import FusionError
+from ._factory import import_factory
 from ._spec import PermutationSpec
 
 __all__ = ["KINDS", "Loaded", "kind_of", "load"]
@@ -191,15 +192,10 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
 def _check_factory(factory: str | None, first: Path) -> None:
     if factory is None:
         raise CliError(f"{first.name} is a state dict: pass --model package.module:factory to build the model")
-    if factory.count(":") != 1 or not all(factory.split(":")):
-        raise CliError(f"--model must look like 'package.module:factory', got {factory!r}")
-    mod_name, attr = factory.split(":")
     try:
-        func = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CliError(f"cannot import --model {factory!r}: {exc}") from exc
-    if not callable(func):
-        raise CliError(f"--model {factory!r} is not callable")
+        import_factory(factory, "--model")
+    except FusionError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _read_state(path: Path) -> None:
