@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -10,7 +12,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
+if "KERAS_HOME" not in os.environ:  # a private Keras home, removed when the session ends
+    _keras_home = tempfile.mkdtemp(prefix="gamfsolve-keras-")
+    os.environ["KERAS_HOME"] = _keras_home
+    atexit.register(shutil.rmtree, _keras_home, ignore_errors=True)
 
 settings.register_profile(
     "default", deadline=None, derandomize=True, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
