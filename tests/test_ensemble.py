@@ -94,3 +94,23 @@ def test_report_renders(ep, records, tmp_path: Path) -> None:  # type: ignore[no
     assert "| homog | 2 |" in text and "| hetero | 2 |" in text and "**gamf**" in text
     er.summary_figure(tmp_path / "summary.png", recs, ["average", "gamf"])
     assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+def test_solver_seed_study(tmp_path: Path) -> None:
+    """solver_seeds.py end to end on one cheap cell; a malformed --cells entry exits with 2."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import solver_seeds
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    torch.set_num_threads(1)
+    assert solver_seeds.main(["--cells", "mlp:two", "--out", str(tmp_path)]) == 2
+    argv = ["--cells", "mlp:2:homog", "--seeds", "1", "--solver-seeds", "2", "--out", str(tmp_path)]
+    assert solver_seeds.main(argv) == 0
+    data = json.loads((tmp_path / "solver_seeds.json").read_text())
+    (rec,) = data["records"]
+    for method in ("weight_matching", "gamf"):
+        accs = rec["methods"][method]["one_shot"]
+        assert len(accs) == 2 and all(0 <= a <= 100 for a in accs)
+    text = (tmp_path / "SOLVER_SEEDS.md").read_text()
+    assert "| mlp N=2 homog | gamf |" in text and "seed 0, weight_matching:" in text
