@@ -84,14 +84,14 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: train small models on bundled data, fuse them by every method, compare."""
-    _install(session, "torch,examples")
+    _install(session, "torch,examples,numba")
     session.run("gamfsolve", "demo", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)
 def ensemble(session: nox.Session) -> None:
     """The paper's compact-ensemble protocol on MNIST; writes examples/ensemble/RESULTS.md and figures."""
-    _install(session, "torch,examples")
+    _install(session, "torch,examples,numba")
     session.run("python", "examples/ensemble/run.py", *session.posargs, env=ENV)
 
 
