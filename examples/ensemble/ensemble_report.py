@@ -95,8 +95,9 @@ NOTES = [
     "slower annealing (gamma 0.85); starting from weight matching's solution; a weight-matching polish "
     "after gamf (LeNet N = 2: 91.8 vs 92.6); the node affinity (faster, not better); restarts picked by "
     "the objective (five LeNet N = 4 restarts: objectives within 0.05%, accuracy 83.0-87.2%).",
-    "- Against weight matching the comparison is a tie within the solver's own noise, and we do not claim "
-    "more. `SOLVER_SEEDS.md` re-fuses these models with 5 solver seeds per data seed: LeNet N = 4 homog "
+    "- Against weight matching gamf is level or behind in the table above. Across solver seeds the two are "
+    "level on the models measured there, so much of the gap is solver noise, not all of it provably. "
+    "`SOLVER_SEEDS.md` re-fuses these models with 5 solver seeds per data seed: LeNet N = 4 homog "
     "weight matching 85.8 ± 3.5 vs gamf 84.9 ± 2.3 (15 fusions each), hetero 65.6 ± 4.5 vs 65.5 ± 7.6; "
     "at N = 2 (gamf deterministic from uniform plans) MLP hetero 86.6 vs 86.2, LeNet hetero 86.2 vs 86.3. "
     "One solver seed moves a LeNet N = 4 result by 2-3 points (std) for either method, as much as the "
