@@ -47,15 +47,13 @@ def _parser() -> argparse.ArgumentParser:
 def _cell(proto: ep.Protocol, train, test, arch: str, n: int, part: str, seed: int, solver_seeds: int) -> dict:
     models, _ = ep.train_models(proto, train, arch, n, part, seed)
     spec = _demo.spec_for(arch, train.x.shape[1], bias=proto.bias)
-    arrays = [_demo.to_arrays(m) for m in models]
     out: dict = {"arch": arch, "n_models": n, "partition": part, "seed": seed, "methods": {}}
     for method in RANDOMISED:
         accs, times = [], []
         for s in range(solver_seeds):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", gamfsolve.ConvergenceWarning)
-                res = gamfsolve.match(arrays, spec, method=method, seed=1000 * seed + s)
-            fused = _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, res))
+                fused, res = ep._fuse(proto, method, models, spec, 1000 * seed + s)
             accs.append(_demo.accuracy(fused, test.x, test.y))
             times.append(res.time)
         out["methods"][method] = {"one_shot": accs, "time": times}
