@@ -56,7 +56,14 @@ def test_record_is_complete_and_finetuning_helps(records) -> None:  # type: igno
     for method in ("average", "gamf"):
         entry = record["methods"][method]
         assert entry["finetuned"] >= entry["one_shot"] - 1.0
+        assert 0 <= entry["repaired"] <= 100
         assert entry["time"] >= 0 and entry["n_iter"] >= 0
+
+
+def test_repair_undoes_variance_collapse_of_vanilla_averaging(records) -> None:  # type: ignore[no-untyped-def]
+    """REPAIR restores the hidden statistics that averaging unaligned units destroys."""
+    average = records["homog"].record["methods"]["average"]
+    assert average["repaired"] > average["one_shot"] + 5, average
 
 
 def test_interpolation_ends_at_the_two_models(ep, digits, records) -> None:  # type: ignore[no-untyped-def]
