@@ -301,6 +301,18 @@ def test_numba_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _numba._use_cache()
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="Numba's on-disk cache")
+def test_numba_variants_have_cache_entries_of_their_own() -> None:
+    """Serial and parallel variants of one kernel must not share a cache file (Numba's key
+    ignores ``parallel``: a warm cache served the serial kernel for both, 2x slower)."""
+    kernels = _numba._compiled()
+    names = {key: k.py_func.__qualname__ for key, k in kernels.items()}
+    assert len(set(names.values())) == len(kernels), names
+    if _numba._use_cache():
+        bases = [k._cache._impl.filename_base for k in kernels.values()]
+        assert len(set(bases)) == len(bases), bases
+
+
 def test_import_loads_no_numba() -> None:
     code = "import sys, gamfsolve, gamfsolve._kernels; assert 'numba' not in sys.modules, 'numba imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)

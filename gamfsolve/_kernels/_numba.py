@@ -37,8 +37,24 @@ def _compiled() -> Any:
         import numba
     except Exception:  # ImportError, or a Numba that fails to load against this NumPy
         return None
+
+    def jit(parallel: bool, **options: Any) -> Any:
+        """``numba.njit`` for one variant of a kernel, under a name of its own.
+
+        Numba's on-disk cache keys a function by its qualified name, source line, signature and
+        closure, not by ``parallel``: the serial and parallel variants of one definition would
+        share a cache entry, and a warm cache then served whichever was compiled first for both
+        (measured: the parallel kernel replaced by the serial one, gamf 2x slower on two cores).
+        """
+
+        def wrap(fn: Any) -> Any:
+            fn.__qualname__ = f"{fn.__qualname__}_{'parallel' if parallel else 'serial'}"
+            return numba.njit(parallel=parallel, cache=_use_cache(), **options)(fn)
+
+        return wrap
+
     def make_edges(parallel: bool) -> Any:
-        @numba.njit(parallel=parallel, cache=_use_cache())
+        @jit(parallel)
         def edges(x, yt, inv_sigma, out):  # pragma: no cover - compiled
             # x (n, E, D), yt (E, D, m) contiguous: out[a, b] = sum_e exp(-||x[a, e] - y[b, e]||^2 inv).
             # Vectorised over b: squared distances in the input dtype (same order as a scalar loop),
@@ -103,7 +119,7 @@ def _compiled() -> Any:
         f32 = numba.float32
         rb = 8  # rows per task: each (D, m) slice of y is reused from L1 by 8 rows
 
-        @numba.njit(parallel=parallel, cache=_use_cache())
+        @jit(parallel)
         def edges32(x, yt, inv_sigma, out):  # pragma: no cover - compiled
             # The float32 twin of ``edges``: exp by a degree-8 Taylor polynomial in float32 (error
             # about 1 ulp, like ``expf``; 16 lanes), terms summed in float64.
@@ -163,7 +179,7 @@ def _compiled() -> Any:
     edges_parallel, edges_serial = make_edges(True), make_edges(False)
 
     def make_cheb(parallel: bool) -> Any:
-        @numba.njit(parallel=parallel, fastmath=True, cache=_use_cache())
+        @jit(parallel, fastmath=True)
         def cheb_features(t, w, out):  # pragma: no cover - compiled
             # out[a, j, e] = sum_k T_k(t[a, e]) w[k, j]: the recurrence fused with the basis change,
             # in blocks of 64 edges so T (q x 64) and one accumulator stay in L1; vectorised over e.
