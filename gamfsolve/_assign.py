@@ -59,17 +59,20 @@ def sinkhorn(
     s = scores / tau
     if v is None:
         v = xp.zeros((1, s.shape[1]), dtype=s.dtype, device=device(s))
-    it = 0
+    it, u, p = 0, None, None  # u: the row potential for the current v; p: the plan for (u, v)
     for it in range(1, max_iter + 1):
-        u = logsumexp(s - v, 1, xp)
-        v = logsumexp(s - u, 0, xp)
-        if it % 5 == 0 or it == max_iter:  # check every few steps: no device sync each step
+        if u is None:
             u = logsumexp(s - v, 1, xp)
-            col = _sum(xp.exp(s - u - v), 0, xp)
-            if float(_max(xp.abs(col - 1.0), None, xp, keepdims=False)) < tol:
+        v = logsumexp(s - u, 0, xp)
+        u = p = None
+        if it % 5 == 0 or it == max_iter:  # check every few steps: no device sync each step
+            u = logsumexp(s - v, 1, xp)  # kept for the next step, which would compute it again
+            p = xp.exp(s - u - v)
+            if float(_max(xp.abs(_sum(p, 0, xp) - 1.0), None, xp, keepdims=False)) < tol:
                 break
-    u = logsumexp(s - v, 1, xp)
-    return xp.exp(s - u - v), v, it
+    if u is None:
+        u = logsumexp(s - v, 1, xp)
+    return (xp.exp(s - u - v) if p is None else p), v, it
 
 
 def hungarian(scores: Sequence[Array], xp: Any) -> list[Array]:
