@@ -8,11 +8,18 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ._kernels import _numba
 from ._xp import device, from_host, to_host
 
 __all__ = ["hungarian", "logsumexp", "sinkhorn"]
 
 Array = Any
+
+# Below this many entries a NumPy Sinkhorn runs as one compiled loop (when Numba is there): each
+# step of the array code costs ~10 us of call overhead whatever the size; measured on 500 steps,
+# compiled 24x faster at 6 x 6, 7x at 16 x 16, slower from about 40 x 40 (its exp is scalar).
+COMPILED_SINKHORN_MAX = 1024
+CHECK_EVERY = 5
 
 
 def _max(s: Array, axis: int | None, xp: Any, keepdims: bool = True) -> Array:
@@ -59,13 +66,15 @@ def sinkhorn(
     s = scores / tau
     if v is None:
         v = xp.zeros((1, s.shape[1]), dtype=s.dtype, device=device(s))
+    if isinstance(s, np.ndarray) and s.size <= COMPILED_SINKHORN_MAX and _numba.available():
+        return _numba.sinkhorn_numba(s, v, tol, max_iter, CHECK_EVERY)
     it, u, p = 0, None, None  # u: the row potential for the current v; p: the plan for (u, v)
     for it in range(1, max_iter + 1):
         if u is None:
             u = logsumexp(s - v, 1, xp)
         v = logsumexp(s - u, 0, xp)
         u = p = None
-        if it % 5 == 0 or it == max_iter:  # check every few steps: no device sync each step
+        if it % CHECK_EVERY == 0 or it == max_iter:  # check every few steps: no device sync each step
             u = logsumexp(s - v, 1, xp)  # kept for the next step, which would compute it again
             p = xp.exp(s - u - v)
             if float(_max(xp.abs(_sum(p, 0, xp) - 1.0), None, xp, keepdims=False)) < tol:
