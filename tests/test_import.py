@@ -20,7 +20,9 @@ def test_import_is_light(tmp_path):
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     # outside the source tree, so the installed package is what gets imported
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path, env=_clean_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path, env=_clean_env()
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -31,5 +33,7 @@ def test_adapters_live_under_gamfsolve(tmp_path):
         "assert u.find_spec('gamfsolve.adapters') is not None; "
         "s = u.find_spec('adapters'); assert s is None, f'top-level adapters module: {s}'"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path, env=_clean_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path, env=_clean_env()
+    )
     assert proc.returncode == 0, proc.stderr

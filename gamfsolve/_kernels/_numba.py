@@ -214,33 +214,40 @@ def _compiled() -> Any:
         return cheb_features
 
     @jit(False)
-    def row_potential(s, v, u):  # pragma: no cover - compiled
-        # u[i] = log sum_j exp(s[i, j] - v[j]), stabilised by the row maximum
-        n, m = s.shape
-        for i in range(n):
-            mx = s[i, 0] - v[0]
-            for j in range(1, m):
-                mx = max(mx, s[i, j] - v[j])
-            acc = 0.0
-            for j in range(m):
-                acc += np.exp(s[i, j] - v[j] - mx)
-            u[i] = mx + np.log(acc)
-
-    @jit(False)
     def sinkhorn_log(s, v, tol, max_iter, check_every, p):  # pragma: no cover - compiled
         # The loop of gamfsolve._assign.sinkhorn, compiled: rows and columns normalised in turn in
-        # the log domain, every ``check_every`` steps the plan ``p`` formed and its column sums
-        # tested. ``v`` (n,) is updated in place; returns the steps taken.
+        # the log domain; every ``check_every`` steps (and at ``max_iter``) the plan ``p`` is formed
+        # and its column sums tested. ``v`` (m,) is updated in place; returns the steps taken.
+        # (One function with no calls to other kernels: a closure over another dispatcher would
+        # change Numba's cache key in every process, so the cache would never hit.)
         n, m = s.shape
         u = np.empty(n, dtype=s.dtype)
         cmax = np.empty(m, dtype=s.dtype)
         csum = np.empty(m, dtype=s.dtype)
         it = 0
-        have_u = False
-        for it in range(1, max_iter + 1):
-            if not have_u:
-                row_potential(s, v, u)
-            for j in range(m):
+        while True:
+            for i in range(n):  # u[i] = log sum_j exp(s[i, j] - v[j]), stabilised by the row maximum
+                mx = s[i, 0] - v[0]
+                for j in range(1, m):
+                    mx = max(mx, s[i, j] - v[j])
+                acc = 0.0
+                for j in range(m):
+                    acc += np.exp(s[i, j] - v[j] - mx)
+                u[i] = mx + np.log(acc)
+            if it == max_iter or (it > 0 and it % check_every == 0):
+                for j in range(m):
+                    csum[j] = 0.0
+                for i in range(n):
+                    for j in range(m):
+                        p[i, j] = np.exp(s[i, j] - u[i] - v[j])
+                        csum[j] += p[i, j]
+                worst = 0.0
+                for j in range(m):
+                    worst = max(worst, abs(csum[j] - 1.0))
+                if worst < tol or it == max_iter:
+                    return it
+            it += 1
+            for j in range(m):  # v[j] = log sum_i exp(s[i, j] - u[i])
                 cmax[j] = s[0, j] - u[0]
                 csum[j] = 0.0
             for i in range(1, n):
@@ -251,27 +258,6 @@ def _compiled() -> Any:
                     csum[j] += np.exp(s[i, j] - u[i] - cmax[j])
             for j in range(m):
                 v[j] = cmax[j] + np.log(csum[j])
-            have_u = False
-            if it % check_every == 0 or it == max_iter:
-                row_potential(s, v, u)
-                have_u = True
-                for j in range(m):
-                    csum[j] = 0.0
-                for i in range(n):
-                    for j in range(m):
-                        p[i, j] = np.exp(s[i, j] - u[i] - v[j])
-                        csum[j] += p[i, j]
-                worst = 0.0
-                for j in range(m):
-                    worst = max(worst, abs(csum[j] - 1.0))
-                if worst < tol:
-                    return it
-        if not have_u:
-            row_potential(s, v, u)
-        for i in range(n):
-            for j in range(m):
-                p[i, j] = np.exp(s[i, j] - u[i] - v[j])
-        return it
 
     return {
         "sinkhorn": sinkhorn_log,
