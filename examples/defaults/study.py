@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gamf gamma=0.5": ("gamf", {"gamma": 0.5}),
     "gamf init=weight_matching": ("gamf", {"init": "weight_matching"}),
     "gamf init=random (paper)": ("gamf", {"init": "random"}),
+    "gamf init=uniform": ("gamf", {"init": "uniform"}),
 }
 
 
