@@ -20,6 +20,7 @@ Array = Any
 # compiled 24x faster at 6 x 6, 7x at 16 x 16, slower from about 40 x 40 (its exp is scalar).
 COMPILED_SINKHORN_MAX = 1024
 CHECK_EVERY = 5
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # Numba has no float16 arithmetic
 
 
 def _max(s: Array, axis: int | None, xp: Any, keepdims: bool = True) -> Array:
@@ -66,7 +67,7 @@ def sinkhorn(
     s = scores / tau
     if v is None:
         v = xp.zeros((1, s.shape[1]), dtype=s.dtype, device=device(s))
-    if isinstance(s, np.ndarray) and s.size <= COMPILED_SINKHORN_MAX and _numba.available():
+    if isinstance(s, np.ndarray) and s.size <= COMPILED_SINKHORN_MAX and s.dtype in _COMPILED_DTYPES and _numba.available():
         return _numba.sinkhorn_numba(s, v, tol, max_iter, CHECK_EVERY)
     it, u, p = 0, None, None  # u: the row potential for the current v; p: the plan for (u, v)
     for it in range(1, max_iter + 1):

@@ -111,3 +111,12 @@ def test_compiled_sinkhorn_matches_the_array_code(seed, n, tau, dtype):
         atol = 1e-3 if dtype == np.float32 else 1e-8
         np.testing.assert_allclose(p1, p2, atol=atol)
     np.testing.assert_array_equal(v0, v_copy)  # the warm start is not modified
+
+
+def test_sinkhorn_small_float16_plan_uses_the_array_code():
+    import array_api_compat.numpy as xp
+
+    scores = np.random.default_rng(0).normal(size=(5, 5)).astype(np.float16)
+    p, _, _ = sinkhorn(scores, 0.5, xp, tol=1e-2)
+    assert p.dtype == np.float16
+    np.testing.assert_allclose(p.astype(np.float64).sum(axis=1), 1.0, atol=1e-2)
