@@ -16,7 +16,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,6 +205,7 @@ def check_spec(
 
 
 def _check_same(modules: Sequence[nn.Module]) -> None:
+    """Same class and state-dict names; shapes are left to the core (widths may differ)."""
     if isinstance(modules, nn.Module) or not isinstance(modules, Sequence) or len(modules) < 2:
         raise FusionError("modules must be a sequence of at least two torch.nn.Module")
     first = modules[0]
@@ -217,12 +218,6 @@ def _check_same(modules: Sequence[nn.Module]) -> None:
         if list(a) != list(b):
             diff = sorted(set(a) ^ set(b))
             raise FusionError(f"modules[{k}] has different parameters from modules[0]: {diff[:5]}")
-        for name in a:
-            if a[name].shape != b[name].shape:
-                raise FusionError(
-                    f"parameter {name!r} has shape {tuple(b[name].shape)} in modules[{k}] but "
-                    f"{tuple(a[name].shape)} in modules[0]"
-                )
 
 
 def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: PermutationSpec | None,
@@ -237,6 +232,26 @@ def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: Permutatio
     return spec, [to_arrays(m) for m in modules]
 
 
+def _template(modules: Sequence[nn.Module], arrays: Sequence[Mapping[str, Any]], spec: PermutationSpec,
+              template: nn.Module | None) -> nn.Module:
+    """The module that receives the result: ``template``, else the input with the universe's widths.
+
+    Models of different widths fuse into a universe of the widest; an input with the widest
+    count in every group holds the result, otherwise the caller must pass one.
+    """
+    if template is not None:
+        if not isinstance(template, nn.Module):
+            raise FusionTypeError(f"template must be a torch.nn.Module, got {type(template).__name__}")
+        return template
+    sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in a.items()}) for a in arrays]
+    universe = {g: max(s[g] for s in sizes) for g in spec.groups}
+    for m, s in zip(modules, sizes, strict=True):
+        if s == universe:
+            return m
+    raise FusionError(
+        f"no input module has the widest unit count of every group {universe}; pass template=, a module "
+        "of the same class with those widths, to receive the fused weights"
+    )
 def fuse_modules(
     modules: Sequence[nn.Module],
     example_inputs: Any,
@@ -246,6 +261,7 @@ def fuse_modules(
     seed: int | None = None,
     spec: PermutationSpec | None = None,
     check: bool = True,
+    template: nn.Module | None = None,
     **options: Any,
 ) -> nn.Module:
     """Fuse modules of one architecture into a new module (:func:`gamfsolve.fuse` on their arrays).
@@ -254,10 +270,13 @@ def fuse_modules(
     of ``modules[0]`` holding the fused arrays; integer buffers come from ``modules[0]``; the
     inputs are not modified. BatchNorm running statistics are averaged like the other arrays:
     call :func:`reset_bn_stats` on the result when data is available.
+
+    Modules of different widths (e.g. hidden sizes 256 and 128) fuse into the widest: the
+    result is a copy of the input that is widest in every group, or of ``template``.
     """
     spec, arrays = _prepare(modules, example_inputs, spec, check)
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
-    return from_arrays(modules[0], fused)
+    return from_arrays(_template(modules, arrays, spec, template), fused)
 
 
 def align_modules(
@@ -269,17 +288,26 @@ def align_modules(
     seed: int | None = None,
     spec: PermutationSpec | None = None,
     check: bool = True,
+    template: nn.Module | None = None,
     **options: Any,
 ) -> list[nn.Module]:
     """Each module with its units put into the common order of :func:`gamfsolve.match`.
 
     Every result is a new module computing the same function as its input (hidden units only
-    relabelled); their ``weights``-average is what :func:`fuse_modules` returns for the same
-    ``method``, ``weights``, ``seed`` and options. The inputs of :func:`repair`.
+    relabelled); for modules of one width their ``weights``-average is what :func:`fuse_modules`
+    returns for the same ``method``, ``weights``, ``seed`` and options. The inputs of
+    :func:`repair`. Modules of different widths come out at the universe's widths (a narrower
+    one with zero units in its empty slots, still the same function), as copies of the widest
+    input or of ``template``.
     """
     spec, arrays = _prepare(modules, example_inputs, spec, check)
     result = gamfsolve.match(arrays, spec, method=method, weights=weights, seed=seed, **options)
-    return [from_arrays(m, gamfsolve.permute(arrays[k], spec, result.model_perms(k))) for k, m in enumerate(modules)]
+    aligned = [gamfsolve.permute(arrays[k], spec, result.model_perms(k)) for k in range(len(modules))]
+    sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in a.items()}) for a in arrays]
+    if all(s == sizes[0] for s in sizes):
+        return [from_arrays(m, a) for m, a in zip(modules, aligned, strict=True)]
+    target = _template(modules, arrays, spec, template)
+    return [from_arrays(target, a) for a in aligned]
 
 
 def _batches(data: Any) -> Iterable[tuple]:

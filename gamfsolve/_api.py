@@ -13,6 +13,7 @@ from ._permute import permute
 from ._result import MatchResult
 from ._spec import PermutationSpec
 from ._validate import Checked, check_models, check_weights
+from ._xp import namespace
 
 __all__ = ["METHODS", "fuse", "match", "merge", "register_method"]
 
@@ -80,10 +81,21 @@ def match(
     -------
     MatchResult
         ``result.perms[group][k]``: index vector putting model ``k`` into the common order.
+
+    Models of different widths (unit counts of a group differ; every other axis agrees) are
+    matched in a universe of the largest width: each narrower model is given zero units up to
+    that size, so its index vectors are permutations of ``range(U)`` whose entries ``>= n_k``
+    are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
     """
     solver = _solver(method, options)
     checked = check_models(models, spec, weights)
     start = perf_counter()
+    if not checked.same_widths:  # narrower models get zero units up to the universe's size
+        xp = checked.xp
+        grow = {g: xp.arange(n, device=checked.device) for g, n in checked.sizes.items()}
+        presence = tuple(permute({n: xp.ones_like(x) for n, x in m.items()}, spec, grow) for m in models)
+        models = [permute(model, spec, grow) for model in models]
+        checked = replace(checked, presence=presence)
     result = solver(models, spec, checked, seed=seed, **options)
     return replace(result, time=perf_counter() - start)
 
@@ -94,16 +106,34 @@ def merge(
     """Weighted average of the models after putting each into the common order of ``result``.
 
     ``fused[name] = sum_k w_k * permute(models[k])[name]`` with ``w`` normalised to sum to one.
+    For models of different widths every entry is the weighted mean over the models that have
+    it (an entry touching an empty slot of model ``k`` leaves ``k`` out; an entry no model has
+    is zero), so a unit only the wider model has keeps its weights, and fusing a model with a
+    pruned, permuted copy of itself returns the model. The output has the universe's widths.
     Same array library, dtype and device as the input.
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
     w = check_weights(weights, len(models))
     out: dict[str, Array] = {}
+    total: dict[str, Array] = {}
     for k, model in enumerate(models):
-        aligned = permute(model, spec, result.model_perms(k))
+        perms = result.model_perms(k)
+        aligned = permute(model, spec, perms)
+        own = spec.group_sizes({n: tuple(x.shape) for n, x in model.items()})
+        masks = None
+        if any(p.shape[0] > own[g] for g, p in perms.items()):  # entries this model does not have
+            xp = namespace(*model.values())
+            masks = permute({n: xp.ones_like(x) for n, x in model.items()}, spec, perms)
         for name, x in aligned.items():
-            out[name] = w[k] * x if k == 0 else out[name] + w[k] * x
+            term, weight = (w[k] * x, w[k]) if masks is None else (w[k] * masks[name] * x, w[k] * masks[name])
+            out[name] = term if k == 0 else out[name] + term
+            total[name] = weight if k == 0 else total[name] + weight
+    for name, t in total.items():
+        if not isinstance(t, float):  # some entries are missing in some models
+            xp = namespace(t)
+            has = t > 0
+            out[name] = xp.where(has, out[name] / xp.where(has, t, xp.ones_like(t)), xp.zeros_like(t))
     return out
 
 

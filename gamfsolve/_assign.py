@@ -85,16 +85,30 @@ def sinkhorn(
     return (xp.exp(s - u - v) if p is None else p), v, it
 
 
-def hungarian(scores: Sequence[Array], xp: Any) -> list[Array]:
+def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] | None] | None = None) -> list[Array]:
     """Exact maximum-weight assignments of square score matrices, as index vectors.
 
     The one host hop of the library: all matrices go to the host together, SciPy's
     ``linear_sum_assignment`` solves each, and the index vectors come back to the device.
-    ``p[u]`` is the row assigned to column ``u``.
+    ``p[u]`` is the row assigned to column ``u``. ``live[i] = (r, c)`` says that only the
+    leading ``r`` rows and ``c`` columns of matrix ``i`` are real units (the rest are empty
+    slots of a narrower model): the real block is solved as a rectangular assignment and the
+    rows left over fill the columns left over in increasing order, so empty slots never
+    decide, or break a tie in, the result.
     """
     host = [np.asarray(to_host(s), dtype=np.float64) for s in scores]
     out = []
-    for s, h in zip(scores, host, strict=True):
-        _, cols = linear_sum_assignment(h, maximize=True)
-        out.append(from_host(np.argsort(cols).astype(np.int64), xp, s))
+    for i, (s, h) in enumerate(zip(scores, host, strict=True)):
+        block = None if live is None else live[i]
+        if block is None or block == h.shape:
+            _, cols = linear_sum_assignment(h, maximize=True)
+            p = np.argsort(cols)
+        else:
+            r, c = block
+            rows, cols = linear_sum_assignment(h[:r, :c], maximize=True)
+            p = np.full(h.shape[1], -1, dtype=np.int64)
+            p[cols] = rows
+            spare_rows = np.setdiff1d(np.arange(h.shape[0]), rows)
+            p[p < 0] = spare_rows  # ascending rows into ascending free columns
+        out.append(from_host(p.astype(np.int64), xp, s))
     return out

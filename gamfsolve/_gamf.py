@@ -54,6 +54,7 @@ class _Problem:
         self.sizes, self.weights = checked.sizes, checked.weights
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.universe, self.device = universe, checked.device
+        self.own = None if checked.same_widths else checked.model_sizes  # narrower models' real units
         self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
         self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
@@ -63,12 +64,13 @@ class _Problem:
         # stage; bounded so that peak memory stays a small multiple of the models' own.
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
                                   kernel=_map_kernel(kernel, models, len(self.pool)), xp=self.xp,
-                                  budget=weight_bytes // 4 + (16 << 20))
+                                  budget=weight_bytes // 4 + (16 << 20), own=self.own)
 
     def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
-                           sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache)
+                           sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
+                           own=self.own)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
@@ -171,15 +173,16 @@ def _gamf(
             keep = len(prob.movers) > 1
             state: dict[str, GroupScores] = {}
             for k in prob.movers:
-                scores = {}
+                scores, live = {}, []
                 for g in color:
                     st = state[g] if g in state else prob.group_scores(g, maps)
                     if keep:
                         state[g] = st
                     scores[g] = st.scores(k, maps)
+                    live.append(st.live(k))
                     del st
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
-                    new = dict(zip(color, hungarian(list(scores.values()), xp), strict=True))
+                    new = dict(zip(color, hungarian(list(scores.values()), xp, live=live), strict=True))
                     # an unchanged index vector keeps its object: templates need no update and
                     # the neighbours' cached features stay valid
                     new = {g: m for g, m in new.items() if not _same(maps[k].get(g), m, xp)}

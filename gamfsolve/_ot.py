@@ -52,9 +52,15 @@ def _ot(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: C
         costs = []
         for k in range(1, len(models)):
             x = _flat(unit_features(models[k], spec, g, sizes, maps[k], xp, only=only), n, xp)
-            sq = xp.sum(x * x, axis=1)[:, None] + xp.sum(ref * ref, axis=1)[None, :] - 2.0 * (x @ ref.T)
+            if checked.presence:  # different widths: distances over the entries both units have
+                pk = _flat(unit_features(checked.presence[k], spec, g, sizes, maps[k], xp, only=only), n, xp)
+                p0 = _flat(unit_features(checked.presence[0], spec, g, sizes, {}, xp, only=only), n, xp)
+                sq = (x * x) @ p0.T + pk @ (ref * ref).T - 2.0 * (x @ ref.T)
+            else:
+                sq = xp.sum(x * x, axis=1)[:, None] + xp.sum(ref * ref, axis=1)[None, :] - 2.0 * (x @ ref.T)
             costs.append(-xp.sqrt(xp.clip(sq, 0.0, None)))
-        for k, p in enumerate(hungarian(costs, xp), start=1):
+        live = [checked.live(k, g, partner=0) for k in range(1, len(models))]
+        for k, p in enumerate(hungarian(costs, xp, live=live), start=1):
             maps[k][g] = p
         solved.add(g)
     ident = {g: xp.arange(n, device=checked.device) for g, n in sizes.items()}

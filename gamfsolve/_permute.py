@@ -33,28 +33,37 @@ def run_sizes(segs: tuple[Segment, ...], length: int, known: Mapping[str, int]) 
     return sizes
 
 
-def axis_index(entry: AxisEntry, length: int, perms: Mapping[str, Array], xp: Any, dev: Any) -> Array | None:
+def axis_index(
+    entry: AxisEntry, length: int, perms: Mapping[str, Array], xp: Any, dev: Any, own: Mapping[str, int] | None = None
+) -> Array | None:
     """Index vector that reorders an axis of ``length`` by ``perms``; None if the axis is fixed.
 
     For a run ``(outer, n, inner)`` of group ``g`` with index vector ``p`` the new position
-    ``(o, u, i)`` takes the old position ``(o, p[u], i)``.
+    ``(o, u, i)`` takes the old position ``(o, p[u], i)``. ``own[g]``, when smaller than
+    ``len(p)``, is the axis's own unit count (a narrower model placed into a universe of
+    ``len(p)`` units): where ``p[u] >= own[g]`` the index is ``length``, the position of a zero
+    slice the caller appends.
     """
     segs = segments_of(entry)
     if all(s.group is None for s in segs):
         return None
-    sizes = {s.group: perms[s.group].shape[0] for s in segs if s.group is not None}
+    new = {s.group: perms[s.group].shape[0] for s in segs if s.group is not None}
+    old = {g: (own or {}).get(g, n) for g, n in new.items()}
     pieces = []
     offset = 0
-    for seg, seg_len in zip(segs, _segment_lengths(segs, length, sizes), strict=True):
+    for seg, seg_len in zip(segs, _segment_lengths(segs, length, old), strict=True):
         if seg.group is None:
             pieces.append(xp.arange(offset, offset + seg_len, device=dev))
         else:
             p = xp.astype(perms[seg.group], xp.int64)
-            n = p.shape[0]
+            n = old[seg.group]
             outer = xp.reshape(xp.arange(seg.outer, device=dev) * (n * seg.inner), (-1, 1, 1))
             middle = xp.reshape(p * seg.inner, (1, -1, 1))
             inner = xp.reshape(xp.arange(seg.inner, device=dev), (1, 1, -1))
-            pieces.append(xp.reshape(outer + middle + inner, (-1,)) + offset)
+            idx = outer + middle + inner + offset
+            if new[seg.group] > n:  # universe slots this model has no unit for
+                idx = xp.where(xp.reshape(p < n, (1, -1, 1)), idx, xp.asarray(length, dtype=xp.int64, device=dev))
+            pieces.append(xp.reshape(idx, (-1,)))
         offset += seg_len
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces)
 
@@ -83,12 +92,15 @@ def _apply_plan(x: Array, axis: int, entry: AxisEntry, plans: Mapping[str, Array
 
 
 def apply_maps(
-    x: Array, entries: tuple[AxisEntry, ...], maps: Mapping[str, Array], xp: Any, *, skip: int | None = None
+    x: Array, entries: tuple[AxisEntry, ...], maps: Mapping[str, Array], xp: Any, *, skip: int | None = None,
+    own: Mapping[str, int] | None = None,
 ) -> Array:
     """Reorder every axis of ``x`` whose group has a map, except axis ``skip``.
 
     A map is an index vector (exact permutation, applied with ``take``) or an ``(n, n)``
-    matrix (soft plan, rows = this model's units, columns = common order).
+    matrix (soft plan, rows = this model's units, columns = common order). An index vector
+    longer than the group's own unit count ``own[g]`` places the units into a universe of its
+    length; slots it fills from indices ``>= own[g]`` are zero.
     """
     dev = device(x)
     for a, entry in enumerate(entries):
@@ -99,7 +111,11 @@ def apply_maps(
         if not present:
             continue
         if all(m.ndim == 1 for m in present.values()) and len(present) == len(set(groups)):
-            idx = axis_index(entry, x.shape[a], present, xp, dev)
+            grows = own is not None and any(m.shape[0] > own.get(g, m.shape[0]) for g, m in present.items())
+            idx = axis_index(entry, x.shape[a], present, xp, dev, own=own if grows else None)
+            if grows:  # one zero slice at the end for the empty universe slots to take
+                zero = xp.zeros((*x.shape[:a], 1, *x.shape[a + 1 :]), dtype=x.dtype, device=dev)
+                x = xp.concat([x, zero], axis=a)
             x = xp.take(x, idx, axis=a)
         else:
             x = _apply_plan(x, a, entry, present, xp)
@@ -109,9 +125,13 @@ def apply_maps(
 def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:
     """Reorder one model's parameters by index vectors, one per group.
 
-    ``perms[g]`` is an integer array ``p`` of length ``n_g``: unit ``p[u]`` of the input goes to
-    position ``u`` of the output, on every axis the spec assigns to ``g``. Groups missing from
-    ``perms`` are left as they are. Returns a new dict; the input is not modified.
+    ``perms[g]`` is an integer array ``p`` of length ``U >= n_g`` (``n_g``: the model's units of
+    ``g``): position ``u`` of the output takes unit ``p[u]`` of the input, on every axis the
+    spec assigns to ``g``. ``U = n_g`` is a permutation; ``U > n_g`` places a narrower model
+    into a universe of ``U`` units, and the slots with ``p[u] >= n_g`` are zero (``p`` is then
+    a permutation of ``range(U)``, as :func:`gamfsolve.match` returns for models of different
+    widths). Groups missing from ``perms`` are left as they are. Returns a new dict; the input
+    is not modified.
     """
     unknown = [g for g in perms if g not in spec.groups]
     if unknown:
@@ -120,6 +140,9 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     xp = namespace(*arrays, *perms.values())
     sizes = spec.group_sizes({k: tuple(v.shape) for k, v in params.items()})
     for g, p in perms.items():
-        if p.ndim != 1 or p.shape[0] != sizes[g]:
-            raise FusionError(f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]}, got shape {tuple(p.shape)}")
-    return {name: apply_maps(x, spec.axes[name], perms, xp) for name, x in params.items()}
+        if p.ndim != 1 or p.shape[0] < sizes[g]:
+            raise FusionError(
+                f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]} (or longer, to place the "
+                f"model into a universe), got shape {tuple(p.shape)}"
+            )
+    return {name: apply_maps(x, spec.axes[name], perms, xp, own=sizes) for name, x in params.items()}

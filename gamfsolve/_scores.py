@@ -26,6 +26,7 @@ from ._affinity import group_affinity, map_columns, standardize
 from ._features import Feature, unit_features
 from ._kernels import edge_features
 from ._spec import PermutationSpec, segments_of
+from ._xp import device
 
 __all__ = ["FeatureCache", "GroupScores", "array_nbytes", "value_ranges"]
 
@@ -61,9 +62,11 @@ class FeatureCache:
     def __init__(
         self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, sizes: Mapping[str, int], *,
         sigmas: Mapping[str, float], ranges: Mapping[str, tuple[float, float]], kind: str, kernel: str, xp: Any,
-        budget: int,
+        budget: int, own: Sequence[Mapping[str, int]] | None = None,
     ) -> None:
         self.models, self.spec, self.sizes, self.xp = models, spec, sizes, xp
+        self.own = own  # each model's real unit counts when some are narrower than the universe
+        self.masks: dict[tuple[int, str], Array | None] = {}
         self.sigmas, self.ranges, self.kind, self.kernel = sigmas, ranges, kind, kernel
         self.budget, self.used = budget, 0
         self.entries: dict[tuple[int, str, str], tuple[Entry, int]] = {}
@@ -86,8 +89,23 @@ class FeatureCache:
                 phis.append(None)
                 continue
             centre, bound = self.ranges[feat.name]
-            phis.append(edge_features(feat.x, sigma, kernel=self.kernel, bound=bound, center=centre))
+            phi = edge_features(feat.x, sigma, kernel=self.kernel, bound=bound, center=centre)
+            alive = self.alive(k, group)
+            phis.append(phi if alive is None or phi is None else phi * alive[:, None])  # empty slots: no edges
         return feats, phis
+
+    def alive(self, k: int, group: str) -> Array | None:
+        """1 for model ``k``'s real units of ``group``, 0 for empty universe slots; None if all real."""
+        key = (k, group)
+        if key not in self.masks:
+            n, own = self.sizes[group], (None if self.own is None else self.own[k][group])
+            if own is None or own == n:
+                self.masks[key] = None
+            else:
+                ref = next(iter(self.models[k].values()))
+                idx = self.xp.arange(n, device=device(ref))
+                self.masks[key] = self.xp.astype(idx < own, ref.dtype)
+        return self.masks[key]
 
     def get(self, k: int, group: str, maps: Mapping[str, Array]) -> tuple[list[Feature], list[Any], list[Any]]:
         """Features of ``group`` for model ``k``, their maps (or None) and cache stamps (or None)."""
@@ -147,8 +165,10 @@ class GroupScores:
         self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, group: str, sizes: Mapping[str, int],
         maps: Sequence[Mapping[str, Array]], *, pool: Sequence[int], weights: Sequence[float],
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
+        own: Sequence[Mapping[str, int]] | None = None,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
+        self.own, self.size = own, sizes[group]
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.cache = cache
         got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
@@ -173,8 +193,22 @@ class GroupScores:
             total = term if total is None else total + term
         return total
 
+    def live(self, k: int) -> tuple[int, int] | None:
+        """Real rows and columns of model ``k``'s scores when some models are narrower, else None.
+
+        Rows are model ``k``'s units; columns its single partner's (two models) or the universe's.
+        """
+        if self.own is None:
+            return None
+        cols = self.own[self.pool[0]][self.group] if len(self.pool) == 1 else self.size
+        return self.own[k][self.group], cols
+
     def scores(self, k: int, maps: Sequence[Mapping[str, Array]]) -> Array:
-        """Standardised ``R_g^(k)`` under the current maps of the other models."""
+        """Standardised ``R_g^(k)`` under the current maps of the other models.
+
+        Empty slots of narrower models (see :meth:`live`) score 0 before standardising: no
+        edges, no affinity, below every real pair (a sum of Gaussians is positive).
+        """
         xp, group = self.xp, self.group
         partners = [j for j in self.pool if j != k]
         total = None
@@ -201,8 +235,18 @@ class GroupScores:
                 if a is None:
                     a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
                     self.cache.store_pair(key, stamps, a)
+                alive = self.cache.alive(j, group)
+                if alive is not None:  # the partner's empty slots have no edges
+                    a = a * alive[None, :]
                 term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
                 total = term if total is None else total + term
+        block = self.live(k)
+        if block is not None and total is not None and block != tuple(total.shape):
+            dev = device(total)
+            real = (xp.arange(total.shape[0], device=dev) < block[0])[:, None] & (
+                xp.arange(total.shape[1], device=dev) < block[1]
+            )[None, :]
+            total = xp.where(real, total, xp.zeros_like(total))
         return standardize(total, xp)
 
     def moved(self, k: int, old: Array | None, new: Array) -> None:

@@ -40,14 +40,19 @@ def _gain(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutation
 
 
 def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec, sizes: Mapping[str, int],
-             maps: dict[str, Array], rng: np.random.Generator, xp: Any, *, max_iter: int = 100) -> tuple[dict[str, Array], int]:
-    """Coordinate descent of linear assignments putting ``x`` into ``target``'s order."""
+             maps: dict[str, Array], rng: np.random.Generator, xp: Any, *, max_iter: int = 100,
+             live: Mapping[str, tuple[int, int] | None] | None = None) -> tuple[dict[str, Array], int]:
+    """Coordinate descent of linear assignments putting ``x`` into ``target``'s order.
+
+    ``live[g]``: the real rows (``x``'s units) and columns (``target``'s) when widths differ.
+    """
     maps = dict(maps)
     for it in range(1, max_iter + 1):
         changed = False
         for g in rng.permutation(list(sizes)):
             g = str(g)
-            (new,) = hungarian([_gain(x, target, spec, g, sizes, maps, xp)], xp)
+            block = None if live is None else [live[g]]
+            (new,) = hungarian([_gain(x, target, spec, g, sizes, maps, xp)], xp, live=block)
             if not np.array_equal(to_host(new), to_host(maps[g])):
                 maps[g], changed = new, True
         if not changed:
@@ -56,17 +61,25 @@ def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutat
 
 
 def _mean(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, maps: Sequence[Mapping[str, Array]],
-          weights: Sequence[float], skip: int, xp: Any) -> dict[str, Array]:
+          weights: Sequence[float], skip: int, xp: Any, presence: Sequence[Mapping[str, Array]] = ()) -> dict[str, Array]:
+    """Weighted mean of the other models in the common order (over the models that have an entry)."""
     from ._permute import apply_maps
 
     idx = [k for k in range(len(models)) if k != skip]
     total = sum(weights[k] for k in idx)
     ws = [weights[k] / total for k in idx] if total > 0 else [1.0 / len(idx)] * len(idx)
     out: dict[str, Array] = {}
+    mass: dict[str, Array] = {}
     for k, w in zip(idx, ws, strict=True):
         for name in spec.axes:
             term = w * apply_maps(models[k][name], spec.axes[name], maps[k], xp)
             out[name] = term if name not in out else out[name] + term
+            if presence:
+                m = w * apply_maps(presence[k][name], spec.axes[name], maps[k], xp)
+                mass[name] = m if name not in mass else mass[name] + m
+    for name, m in mass.items():
+        has = m > 0
+        out[name] = xp.where(has, out[name] / xp.where(has, m, xp.ones_like(m)), xp.zeros_like(m))
     return out
 
 
@@ -80,14 +93,16 @@ def _weight_matching(models: Sequence[Mapping[str, Array]], spec: PermutationSpe
     maps = [dict(ident) for _ in models]
     total_iter = 0
     for k in range(1, len(models)):  # start: everyone aligned to model 0
-        maps[k], it = align_to(models[k], models[0], spec, sizes, maps[k], rng, xp, max_iter=max_iter)
+        live = None if checked.same_widths else {g: checked.live(k, g, partner=0) for g in sizes}
+        maps[k], it = align_to(models[k], models[0], spec, sizes, maps[k], rng, xp, max_iter=max_iter, live=live)
         total_iter += it
     converged = len(models) == 2
     for _ in range(max_iter if len(models) > 2 else 0):
         changed = False
         for k in range(len(models)):
-            target = _mean(models, spec, maps, checked.weights, k, xp)
-            new, it = align_to(models[k], target, spec, sizes, maps[k], rng, xp, max_iter=max_iter)
+            target = _mean(models, spec, maps, checked.weights, k, xp, checked.presence)
+            live = None if checked.same_widths else {g: checked.live(k, g) for g in sizes}
+            new, it = align_to(models[k], target, spec, sizes, maps[k], rng, xp, max_iter=max_iter, live=live)
             total_iter += it
             changed |= any(not np.array_equal(to_host(new[g]), to_host(maps[k][g])) for g in sizes)
             maps[k] = new

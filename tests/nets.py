@@ -108,3 +108,26 @@ def random_perms(spec: g.PermutationSpec, params: Params, rng: np.random.Generat
 def noisy(params: Params, level: float, rng: np.random.Generator) -> Params:
     """Add Gaussian noise of ``level`` times each parameter's standard deviation."""
     return {k: v + level * (np.std(v) or 1.0) * rng.normal(size=v.shape) for k, v in params.items()}
+
+
+def keep_units(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` of ``n`` unit indices, sorted."""
+    return np.sort(rng.choice(n, k, replace=False))
+
+
+def pruned_copy(params: Params, spec: g.PermutationSpec, keep: dict[str, np.ndarray], rng: np.random.Generator) -> Params:
+    """A permuted copy of ``params`` that has only the units ``keep[group]`` of each group."""
+    sizes = spec.group_sizes({k: v.shape for k, v in params.items()})
+    # place the model into a universe order with the kept units first, then cut the rest off
+    order = {grp: np.concatenate([keep[grp], np.setdiff1d(np.arange(n), keep[grp])]) for grp, n in sizes.items()}
+    moved = g.permute(params, spec, order)
+    out = {}
+    for name, x in moved.items():
+        index = []
+        for e in spec.axes[name]:  # plain group axes and channels-first Blocks (outer = 1)
+            if isinstance(e, g.Blocks):
+                index.append(slice(0, len(keep[e.group]) * e.inner))
+            else:
+                index.append(slice(0, len(keep[e])) if isinstance(e, str) else slice(None))
+        out[name] = x[tuple(index)].copy()
+    return g.permute(out, spec, {grp: rng.permutation(len(k)) for grp, k in keep.items()})

@@ -31,7 +31,11 @@ def test_names_and_shapes_must_agree(pair):
     with pytest.raises(FusionError, match=r"models\[1\] has different parameter names.*extra"):
         g.fuse([models[0], bad], spec)
     bad = dict(models[1], **{"layers.0.weight": np.zeros((7, 4))})
-    with pytest.raises(FusionError, match=r"'layers.0.weight' has shape \(7, 4\) in models\[1\]"):
+    with pytest.raises(FusionError, match=r"models\[1\]: group 'h0' has 7 units on 'layers.0.weight'.* but 6"):
+        g.fuse([models[0], bad], spec)
+    # widths may differ, fixed axes (inputs, outputs) may not
+    bad = dict(models[1], **{"layers.0.weight": np.zeros((6, 5))})
+    with pytest.raises(FusionError, match=r"'layers.0.weight' has shape \(6, 5\) in models\[1\].*only along permuted"):
         g.fuse([models[0], bad], spec)
 
 
