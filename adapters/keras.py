@@ -29,6 +29,7 @@ import numpy as np
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
+from gamfsolve._validate import widest
 
 from ._keras_graph import GraphInfo, walk
 
@@ -237,7 +238,8 @@ def _aligned(template: Any, model: Any, k: int) -> dict[str, np.ndarray]:
         raise FusionError(f"models[{k}] has {len(b)} weights, models[0] has {len(a)}: not the same architecture")
     out = {}
     for (name, var, layer), (other, ovar, olayer) in zip(a, b, strict=True):
-        if type(layer) is not type(olayer) or tuple(var.shape) != tuple(ovar.shape):
+        # shapes may differ along permuted axes (widths): the core checks the rest
+        if type(layer) is not type(olayer) or len(var.shape) != len(ovar.shape):
             raise FusionError(
                 f"models[{k}] weight {other!r} ({type(olayer).__name__}, shape {tuple(ovar.shape)}) does not "
                 f"match models[0] weight {name!r} ({type(layer).__name__}, shape {tuple(var.shape)})"
@@ -252,22 +254,45 @@ def fuse_models(
     method: str = "gamf",
     weights: Sequence[float] | None = None,
     seed: int | None = None,
+    template: Any | None = None,
     **options: Any,
 ) -> Any:
     """Fuse Keras models of one architecture into one model (see :func:`gamfsolve.fuse`).
 
     The spec is derived from ``models[0]`` (and checked); weights are matched by position, so
     layer names may differ between the models. Returns a new, uncompiled model shaped like
-    ``models[0]``. BatchNormalization statistics are averaged like the other weights.
+    ``models[0]``. BatchNormalization statistics are averaged like the other weights. Models of
+    different widths fuse into the widest: the result is shaped like the input that is widest
+    in every group, or like ``template``.
     """
     models = list(models)
     if len(models) < 2:
         raise FusionError(f"fuse_models needs at least two models, got {len(models)}")
-    template = models[0]
-    spec = spec_from_model(template)
-    arrays = [_aligned(template, m, k) for k, m in enumerate(models)]
+    spec = spec_from_model(models[0])
+    arrays = [_aligned(models[0], m, k) for k, m in enumerate(models)]
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
-    return from_arrays(template, fused)
+    target = _widest(models, arrays, spec, template)
+    if target is not models[0]:  # weights correspond by position; names may differ
+        names = [n for n, _, _ in _named_variables(target)]
+        if len(names) != len(fused):
+            raise FusionError(f"template has {len(names)} weights, the models have {len(fused)}")
+        fused = dict(zip(names, fused.values(), strict=True))
+    return from_arrays(target, fused)
+
+
+def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], spec: PermutationSpec,
+            template: Any | None) -> Any:
+    """``template``, else the input with the widest unit count of every group (receives the result)."""
+    if template is not None:
+        _check_model(template, "template")
+        return template
+    k = widest(arrays, spec)
+    if k is None:
+        raise FusionError(
+            "no input model is the widest in every group; pass template=, a model of the same architecture "
+            "with the widest unit count of every group, to receive the fused weights"
+        )
+    return models[k]
 
 
 def _keras_path(path: str | os.PathLike[str]) -> str:

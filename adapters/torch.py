@@ -25,6 +25,7 @@ from torch import nn
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
+from gamfsolve._validate import widest
 
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
 from ._torch_repair import repair
@@ -234,24 +235,20 @@ def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: Permutatio
 
 def _template(modules: Sequence[nn.Module], arrays: Sequence[Mapping[str, Any]], spec: PermutationSpec,
               template: nn.Module | None) -> nn.Module:
-    """The module that receives the result: ``template``, else the input with the universe's widths.
-
-    Models of different widths fuse into a universe of the widest; an input with the widest
-    count in every group holds the result, otherwise the caller must pass one.
-    """
+    """The module that receives the result: ``template``, else the input with the universe's widths."""
     if template is not None:
         if not isinstance(template, nn.Module):
             raise FusionTypeError(f"template must be a torch.nn.Module, got {type(template).__name__}")
         return template
-    sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in a.items()}) for a in arrays]
-    universe = {g: max(s[g] for s in sizes) for g in spec.groups}
-    for m, s in zip(modules, sizes, strict=True):
-        if s == universe:
-            return m
-    raise FusionError(
-        f"no input module has the widest unit count of every group {universe}; pass template=, a module "
-        "of the same class with those widths, to receive the fused weights"
-    )
+    k = widest(arrays, spec)
+    if k is None:
+        raise FusionError(
+            "no input module is the widest in every group; pass template=, a module of the same class "
+            "with the widest unit count of every group, to receive the fused weights"
+        )
+    return modules[k]
+
+
 def fuse_modules(
     modules: Sequence[nn.Module],
     example_inputs: Any,

@@ -23,6 +23,7 @@ from ._cli_common import EXIT_BAD_FILE, EXIT_MISMATCH, EXIT_USAGE, CliError
 from ._errors import FusionError
 from ._factory import import_factory
 from ._spec import PermutationSpec
+from ._validate import check_models, widest
 
 __all__ = ["KINDS", "Loaded", "kind_of", "load"]
 
@@ -94,12 +95,14 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
         spec = gk.spec_from_model(template)
         names = list(gk.to_arrays(template))
         arrays = [_by_position(names, gk.to_arrays(m), paths[0], p) for m, p in zip(models, paths, strict=True)]
-        _check_shapes(arrays, paths)
+        _check_names(arrays, paths)
+        target = models[_widest(arrays, spec, paths)]
     except FusionError as exc:
         raise _fusion_error(exc, f"cannot fuse {paths[0]}") from exc
 
     def write(fused: Mapping[str, Any], out: Path) -> None:
-        gk.save_model(gk.from_arrays(template, fused), out)
+        # the widest input receives the result; its weights correspond by position
+        gk.save_model(gk.from_arrays(target, dict(zip(gk.to_arrays(target), fused.values(), strict=True))), out)
 
     return Loaded("keras", arrays, spec, write)
 
@@ -127,18 +130,29 @@ def _torch_adapter() -> Any:
     return importlib.import_module("gamfsolve.adapters.torch")
 
 
-def _check_shapes(arrays: list[dict[str, Any]], paths: Sequence[Path]) -> None:
+def _check_names(arrays: list[dict[str, Any]], paths: Sequence[Path]) -> None:
+    """Same parameter names; shapes are the core's to check (widths may differ, nothing else)."""
     first = arrays[0]
     for a, path in zip(arrays[1:], paths[1:], strict=True):
         if set(a) != set(first):
             diff = sorted(set(a) ^ set(first))[:5]
             raise CliError(f"{path} and {paths[0]} have different parameters, e.g. {diff}", EXIT_MISMATCH)
-        for name, value in a.items():
-            if tuple(value.shape) != tuple(first[name].shape):
-                raise CliError(
-                    f"{name!r} has shape {tuple(value.shape)} in {path} but {tuple(first[name].shape)} in {paths[0]}",
-                    EXIT_MISMATCH,
-                )
+
+
+def _widest(arrays: list[dict[str, Any]], spec: PermutationSpec, paths: Sequence[Path]) -> int:
+    """The input that receives the fused weights: the widest in every group (models may differ in width)."""
+    try:
+        check_models(arrays, spec)
+    except FusionError as exc:
+        raise CliError(f"cannot fuse {', '.join(map(str, paths))}: {exc}", EXIT_MISMATCH) from exc
+    k = widest(arrays, spec)
+    if k is None:
+        raise CliError(
+            "the inputs differ in width and none is the widest in every group, so no input can hold the "
+            "fused model; fuse them with the Python API and a template of the widest widths",
+            EXIT_MISMATCH,
+        )
+    return k
 
 
 class _Quiet:
@@ -167,12 +181,12 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
         except FusionError as exc:
             raise CliError(str(exc), EXIT_BAD_FILE) from exc
     arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(p.module()).items()} for p in programs]
-    _check_shapes(arrays, paths)
+    _check_names(arrays, paths)
     try:
         spec = gt.spec_from_module(programs[0])
     except FusionError as exc:
         raise _fusion_error(exc, f"cannot derive the permutation spec of {paths[0]}") from exc
-    template = programs[0]
+    template = programs[_widest(arrays, spec, paths)]
 
     def write(fused: Mapping[str, Any], out: Path) -> None:
         import torch

@@ -75,8 +75,8 @@ def run_fuse(args: argparse.Namespace) -> int:
     _check_args(inputs, output, args)
     loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
     try:
-        sizes = loaded.spec.group_sizes({k: tuple(v.shape) for k, v in loaded.arrays[0].items()})
         result = gamfsolve.match(loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed)
+        sizes = {g: int(p[0].shape[0]) for g, p in result.perms.items()}  # the universe's (widest) counts
         fused = gamfsolve.merge(loaded.arrays, loaded.spec, result, weights=args.weights)
     except FusionError as exc:
         raise CliError(f"cannot fuse {', '.join(map(str, inputs))}: {exc}", EXIT_MISMATCH) from exc

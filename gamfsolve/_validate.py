@@ -11,7 +11,7 @@ from ._errors import FusionError, FusionTypeError
 from ._spec import AxisEntry, PermutationSpec, segments_of
 from ._xp import device, is_floating, namespace
 
-__all__ = ["Checked", "check_models", "check_weights", "universe_shape"]
+__all__ = ["Checked", "check_models", "check_weights", "universe_shape", "widest"]
 
 Array = Any
 
@@ -133,3 +133,15 @@ def universe_shape(
         else:
             out.append(sum(s.outer if s.group is None else s.outer * universe[s.group] * s.inner for s in segs))
     return tuple(out)
+
+
+def widest(models: Sequence[Mapping[str, Array]], spec: PermutationSpec) -> int | None:
+    """Index of the first model with the largest unit count of every group, or None if none has.
+
+    The model whose architecture holds the fusion of models of different widths.
+    """
+    sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in m.items()}) for m in models]
+    for k, s in enumerate(sizes):
+        if all(s[g] >= other[g] for other in sizes for g in s):
+            return k
+    return None

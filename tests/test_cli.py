@@ -48,13 +48,13 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _module(seed: int, kind: str = "small") -> torch.nn.Module:
     torch.manual_seed(seed)
-    widths = (16, 8) if kind == "small" else (20, 8)
+    widths = (20, 8) if kind == "wide" else (16, 8)
     return torch.nn.Sequential(
         torch.nn.Linear(12, widths[0]),
         torch.nn.ReLU(),
         torch.nn.Linear(*widths),
         torch.nn.ReLU(),
-        torch.nn.Linear(8, 3),
+        torch.nn.Linear(8, 4 if kind == "four" else 3),
     )
 
 
@@ -177,7 +177,7 @@ KERAS_SAVE_WARNING = pytest.mark.filterwarnings(
 )
 
 
-def _keras_mlp(seed: int, width: int = 16):
+def _keras_mlp(seed: int, width: int = 16, out: int = 3):
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(seed)
     layers = keras.layers
@@ -186,7 +186,7 @@ def _keras_mlp(seed: int, width: int = 16):
             keras.Input((12,)),
             layers.Dense(width, activation="relu"),
             layers.Dense(8, activation="relu"),
-            layers.Dense(3),
+            layers.Dense(out),
         ]
     )
 
@@ -219,6 +219,7 @@ def files(work: Path) -> Path:
         torch.export.save(torch.export.export(_module(k).eval(), (torch.randn(2, 12),)), str(work / f"m{k}.pt2"))
     gt.save_state(_module(5, "wide"), work / "wide.pt")
     torch.export.save(torch.export.export(_module(5, "wide").eval(), (torch.randn(2, 12),)), str(work / "wide.pt2"))
+    torch.export.save(torch.export.export(_module(6, "four").eval(), (torch.randn(2, 12),)), str(work / "four.pt2"))
     torch.save(_module(0), work / "pickled.pt")
     for name in ("junk.pt", "junk.pt2", "junk.keras", "junk.safetensors"):
         (work / name).write_bytes(b"this is not a model")
@@ -248,7 +249,7 @@ FAILURES = {
     "corrupt program": (["m0.pt2", "junk.pt2", "-o", "o.pt2"], 3, "junk.pt2"),
     "corrupt keras": (["junk.keras", "junk.keras", "-o", "o.keras"], 3, "junk.keras"),
     "state dict of another architecture": (["m0.pt", "wide.pt", "-o", "o.pt", *SD], 4, "architecture"),
-    "program of another architecture": (["m0.pt2", "wide.pt2", "-o", "o.pt2"], 4, "wide.pt2"),
+    "program of another architecture": (["m0.pt2", "four.pt2", "-o", "o.pt2"], 4, "only along permuted axes"),
     "no output folder": (["m0.pt", "m1.pt", "-o", "no/such/dir/o.pt", *SD], 5, "does not exist"),
 }
 
@@ -270,10 +271,33 @@ def test_fuse_failures(files: Path, case: str, capsys: pytest.CaptureFixture[str
 def test_fuse_keras_architecture_mismatch(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gk = pytest.importorskip("gamfsolve.adapters.keras")
     gk.save_model(_keras_mlp(0), work / "a.keras")
-    gk.save_model(_keras_mlp(1, width=20), work / "b.keras")
+    gk.save_model(_keras_mlp(1, out=4), work / "b.keras")
     status, _, err = _run(capsys, "fuse", "a.keras", "b.keras", "-o", "o.keras", "--method", "average")
-    assert status == 4 and "b.keras" in err
+    assert status == 4 and "b.keras" in err and "only along permuted axes" in err
     assert not (work / "o.keras").exists()
+
+
+@KERAS_SAVE_WARNING
+def test_fuse_files_of_different_widths(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The widest input receives the result, in every format that stores its architecture."""
+    gk = pytest.importorskip("gamfsolve.adapters.keras")
+    status, out, err = _run(capsys, "fuse", "m0.pt2", "wide.pt2", "-o", "o.pt2", "--method", "ot")
+    assert status == 0, err
+    assert "0     20" in out  # the report gives the universe's unit counts
+    program = torch.export.load(str(files / "o.pt2"))
+    assert tuple(program.state_dict["0.weight"].shape) == (20, 12)
+    expected = _expected([_module(0), _module(5, "wide")], "ot")
+    _close({k: v.detach() for k, v in program.state_dict.items()}, expected)
+    gk.save_model(_keras_mlp(0), files / "a.keras")
+    gk.save_model(_keras_mlp(1, width=20), files / "b.keras")
+    status, _, err = _run(capsys, "fuse", "a.keras", "b.keras", "-o", "o.keras", "--method", "gamf")
+    assert status == 0, err
+    fused = gk.load_model(files / "o.keras")
+    assert tuple(fused.layers[0].kernel.shape) == (12, 20)
+    loaded = [gk.load_model(files / n) for n in ("a.keras", "b.keras")]
+    want = gk.fuse_models(loaded, method="gamf", seed=None)
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype("float32")
+    np.testing.assert_allclose(np.asarray(fused(x).detach()), np.asarray(want(x).detach()), rtol=1e-5, atol=1e-5)
 
 
 def test_fuse_refuses_to_replace_without_force(files: Path, capsys: pytest.CaptureFixture[str]) -> None:

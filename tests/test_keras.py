@@ -233,9 +233,38 @@ def test_fuse_models_checks_architectures() -> None:
         gk.fuse_models([mlp()])
     with pytest.raises(FusionError, match="not the same architecture"):
         gk.fuse_models([mlp(), cnn()], method="average")
-    wider = keras.Sequential([keras.Input((12,)), layers.Dense(17), layers.Dense(8), layers.Dense(3)])
-    with pytest.raises(FusionError, match=r"does not match models\[0\] weight 'm_fc1\.kernel'"):
-        gk.fuse_models([mlp(), wider], method="average")
+    ln = keras.Sequential([keras.Input((12,)), layers.Dense(16), layers.LayerNormalization(), layers.Dense(3)])
+    with pytest.raises(FusionError, match=r"does not match models\[0\] weight 'm_fc2\.kernel'"):
+        gk.fuse_models([mlp(), ln], method="average")
+    four = keras.Sequential([keras.Input((12,)), layers.Dense(17), layers.Dense(8), layers.Dense(4)])
+    with pytest.raises(FusionError, match=r"only along permuted axes"):  # 3 vs 4 outputs
+        gk.fuse_models([mlp(), four], method="average")
+
+
+def _mlp(h1: int, h2: int, prefix: str) -> keras.Model:
+    return keras.Sequential([keras.Input((12,)), layers.Dense(h1, activation="relu", name=f"{prefix}_fc1"),
+                             layers.Dense(h2, activation="relu", name=f"{prefix}_fc2"), layers.Dense(3, name=f"{prefix}_out")])
+
+
+@pytest.mark.parametrize("method", ["gamf", "ot"])
+def test_models_of_different_widths_fuse_into_the_widest(method: str) -> None:
+    from nets import keep_units, pruned_copy
+
+    wide = noisy(_mlp(16, 8, "w"), seed=5)
+    spec = gk.spec_from_model(wide)
+    rng = np.random.default_rng(6)
+    keep = {"w_fc1": keep_units(16, 11, rng), "w_fc2": keep_units(8, 5, rng)}
+    small = pruned_copy(gk.to_arrays(wide), spec, keep, rng)
+    narrow = _mlp(11, 5, "n")
+    narrow = gk.from_arrays(narrow, dict(zip(gk.to_arrays(narrow), small.values(), strict=True)))
+    fused = gk.fuse_models([narrow, wide], method=method, seed=0)  # the widest is models[1]
+    assert [layer.name for layer in fused.layers] == [layer.name for layer in wide.layers]
+    x = inputs_for(wide)
+    np.testing.assert_allclose(outputs(fused, x), outputs(wide, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FusionError, match="template="):
+        gk.fuse_models([_mlp(16, 5, "a"), _mlp(11, 8, "b")], method="average")
+    fused = gk.fuse_models([_mlp(16, 5, "a"), _mlp(11, 8, "b")], method="average", template=_mlp(16, 8, "t"))
+    assert tuple(fused.layers[1].kernel.shape) == (16, 8)
 
 
 def test_other_backend_gives_a_clear_error(monkeypatch) -> None:
