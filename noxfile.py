@@ -96,6 +96,13 @@ def ensemble(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def widths(session: nox.Session) -> None:
+    """MNIST models of different widths fused into the widest; writes examples/widths/RESULTS.md (about 10 minutes)."""
+    _install(session, "torch,examples,numba")
+    session.run("python", "examples/widths/run.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
 def fl(session: nox.Session) -> None:
     """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png).
 
