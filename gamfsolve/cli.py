@@ -58,6 +58,8 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
             "Keras .keras files (loaded in safe mode), PyTorch .pt2 export programs, or "
             "PyTorch state dicts (.pt, .pth, .safetensors) together with --model naming a "
             "factory that builds the architecture. No input is unpickled beyond plain tensors. "
+            "Keras and .pt2 inputs may differ in hidden widths: they fuse into the input that is "
+            "widest in every group. "
             "The output is written in the inputs' format, atomically, never over an input."
         ),
         epilog=_EPILOG,
