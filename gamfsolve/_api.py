@@ -93,7 +93,7 @@ def match(
     if not checked.same_widths:  # narrower models get zero units up to the universe's size
         xp = checked.xp
         grow = {g: xp.arange(n, device=checked.device) for g, n in checked.sizes.items()}
-        presence = tuple(permute({n: xp.ones_like(x) for n, x in m.items()}, spec, grow) for m in models)
+        presence = tuple(_presence(m, spec, grow) for m in models)
         models = [permute(model, spec, grow) for model in models]
         checked = replace(checked, presence=presence)
     result = solver(models, spec, checked, seed=seed, **options)
@@ -123,8 +123,7 @@ def merge(
         own = spec.group_sizes({n: tuple(x.shape) for n, x in model.items()})
         masks = None
         if any(p.shape[0] > own[g] for g, p in perms.items()):  # entries this model does not have
-            xp = namespace(*model.values())
-            masks = permute({n: xp.ones_like(x) for n, x in model.items()}, spec, perms)
+            masks = _presence(model, spec, perms)
         for name, x in aligned.items():
             term, weight = (w[k] * x, w[k]) if masks is None else (w[k] * masks[name] * x, w[k] * masks[name])
             out[name] = term if k == 0 else out[name] + term
@@ -135,6 +134,12 @@ def merge(
             has = t > 0
             out[name] = xp.where(has, out[name] / xp.where(has, t, xp.ones_like(t)), xp.zeros_like(t))
     return out
+
+
+def _presence(model: Model, spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:
+    """``model`` placed by ``perms`` as 1 for its own entries and 0 for empty universe slots."""
+    xp = namespace(*model.values())
+    return permute({n: xp.ones_like(x) for n, x in model.items()}, spec, perms)
 
 
 def fuse(

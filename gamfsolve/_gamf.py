@@ -55,6 +55,7 @@ class _Problem:
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.universe, self.device = universe, checked.device
         self.own = None if checked.same_widths else checked.model_sizes  # narrower models' real units
+        self.live = None if checked.same_widths else checked.live
         self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
         self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
@@ -70,7 +71,7 @@ class _Problem:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
-                           own=self.own)
+                           live=self.live)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:

@@ -112,7 +112,7 @@ def apply_maps(
             continue
         if all(m.ndim == 1 for m in present.values()) and len(present) == len(set(groups)):
             grows = own is not None and any(m.shape[0] > own.get(g, m.shape[0]) for g, m in present.items())
-            idx = axis_index(entry, x.shape[a], present, xp, dev, own=own if grows else None)
+            idx = axis_index(entry, x.shape[a], present, xp, dev, own=own)
             if grows:  # one zero slice at the end for the empty universe slots to take
                 zero = xp.zeros((*x.shape[:a], 1, *x.shape[a + 1 :]), dtype=x.dtype, device=dev)
                 x = xp.concat([x, zero], axis=a)

@@ -19,7 +19,7 @@ did not move.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._affinity import group_affinity, map_columns, standardize
@@ -165,10 +165,10 @@ class GroupScores:
         self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, group: str, sizes: Mapping[str, int],
         maps: Sequence[Mapping[str, Array]], *, pool: Sequence[int], weights: Sequence[float],
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
-        own: Sequence[Mapping[str, int]] | None = None,
+        live: Callable[[int, str, int | None], tuple[int, int] | None] | None = None,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
-        self.own, self.size = own, sizes[group]
+        self._live = live
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.cache = cache
         got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
@@ -198,16 +198,16 @@ class GroupScores:
 
         Rows are model ``k``'s units; columns its single partner's (two models) or the universe's.
         """
-        if self.own is None:
+        if self._live is None:
             return None
-        cols = self.own[self.pool[0]][self.group] if len(self.pool) == 1 else self.size
-        return self.own[k][self.group], cols
+        return self._live(k, self.group, self.pool[0] if len(self.pool) == 1 else None)
 
     def scores(self, k: int, maps: Sequence[Mapping[str, Array]]) -> Array:
         """Standardised ``R_g^(k)`` under the current maps of the other models.
 
         Empty slots of narrower models (see :meth:`live`) score 0 before standardising: no
-        edges, no affinity, below every real pair (a sum of Gaussians is positive).
+        edges, no affinity, below every real pair (a sum of Gaussians is positive). Their
+        feature maps are zero (:meth:`FeatureCache.alive`); pairwise affinities are masked here.
         """
         xp, group = self.xp, self.group
         partners = [j for j in self.pool if j != k]
@@ -235,18 +235,13 @@ class GroupScores:
                 if a is None:
                     a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
                     self.cache.store_pair(key, stamps, a)
-                alive = self.cache.alive(j, group)
-                if alive is not None:  # the partner's empty slots have no edges
-                    a = a * alive[None, :]
+                rows, cols = self.cache.alive(k, group), self.cache.alive(j, group)
+                if rows is not None:  # empty slots have no edges
+                    a = a * rows[:, None]
+                if cols is not None:
+                    a = a * cols[None, :]
                 term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
                 total = term if total is None else total + term
-        block = self.live(k)
-        if block is not None and total is not None and block != tuple(total.shape):
-            dev = device(total)
-            real = (xp.arange(total.shape[0], device=dev) < block[0])[:, None] & (
-                xp.arange(total.shape[1], device=dev) < block[1]
-            )[None, :]
-            total = xp.where(real, total, xp.zeros_like(total))
         return standardize(total, xp)
 
     def moved(self, k: int, old: Array | None, new: Array) -> None:
