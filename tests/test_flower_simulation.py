@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,9 @@ def test_two_clients_two_rounds_on_ray() -> None:
         num_supernodes=2,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 1}},
     )
+    # collect Ray's leftover /dev/null handles now, under this test's warning filters: left to a
+    # later collection, their ResourceWarning failed whichever test was running (seen in test_keras)
+    gc.collect()
     result = store["result"]
     assert list(result.arrays.keys()) == store["keys"]
     assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]
