@@ -171,6 +171,11 @@ class GroupScores:
         self._live = live
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.cache = cache
+        # raw pairwise affinities waiting for their transpose: the features are fixed for the
+        # life of this object (a colour class), and the kernel is symmetric, so A(X_j, X_k) is
+        # A(X_k, X_j)^T bit for bit; each is dropped once used, within the cache's byte budget
+        self._pending: dict[tuple[int, int], Array] = {}
+        self._pending_bytes = 0
         got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
         self.features: list[list[Feature]] = [f for f, _, _ in got]
         self.stamps = [st for _, _, st in got]
@@ -233,7 +238,7 @@ class GroupScores:
                 stamps = tuple(self.stamps[k][i] for i in rest) + tuple(self.stamps[j][i] for i in rest)
                 a = self.cache.pair(key, stamps)
                 if a is None:
-                    a = group_affinity(own, other, self.sigmas, xp, kind=self.kind, kernel=self.kernel)
+                    a = self._pairwise(k, j, own, other)
                     self.cache.store_pair(key, stamps, a)
                 rows, cols = self.cache.alive(k, group), self.cache.alive(j, group)
                 if rows is not None:  # empty slots have no edges
@@ -243,6 +248,19 @@ class GroupScores:
                 term = self.weights[j] * map_columns(a, maps[j].get(group), xp)
                 total = term if total is None else total + term
         return standardize(total, xp)
+
+    def _pairwise(self, k: int, j: int, own: Sequence[Feature], other: Sequence[Feature]) -> Array:
+        """Raw affinity of model ``k``'s units to model ``j``'s: one kernel call per unordered pair."""
+        hit = self._pending.pop((j, k), None)
+        if hit is not None:
+            self._pending_bytes -= array_nbytes(hit)
+            return self.xp.permute_dims(hit, (1, 0))
+        a = group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
+        size = array_nbytes(a)
+        if len(self.pool) > 1 and j in self.pool and self._pending_bytes + size <= self.cache.budget:
+            self._pending[k, j] = a  # model j's scores, later in this class, read it transposed
+            self._pending_bytes += size
+        return a
 
     def moved(self, k: int, old: Array | None, new: Array) -> None:
         """Model ``k``'s map for this group changed from ``old`` to ``new``: update the templates."""

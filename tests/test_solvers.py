@@ -122,3 +122,34 @@ def test_unknown_method_and_option():
         g.match(models, spec, method="gamf", temperature=1.0)
     with pytest.raises(g.FusionError, match="affinity"):
         g.match(models, spec, method="gamf", affinity="l4")
+
+
+def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
+    """Within a colour class the features are fixed and the kernel symmetric: model j's affinity
+    to model k is read as the transpose of k's to j, with the very same result."""
+    import gamfsolve._scores as scores
+
+    rng = np.random.default_rng(6)
+    models = [noisy(mlp([6, 9, 8, 3], rng)[0], 0.0, rng) for _ in range(4)]
+    calls = []
+    real = scores.group_affinity
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scores, "group_affinity", counted)
+    options = {"method": "gamf", "seed": 0, "kernel": "reference", "init": "random"}
+    shared = g.match(models, g.mlp_spec(3), **options)
+    n_shared = len(calls)
+
+    def unshared(self, k, j, own, other):
+        return scores.group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
+
+    calls.clear()
+    monkeypatch.setattr(scores.GroupScores, "_pairwise", unshared)
+    alone = g.match(models, g.mlp_spec(3), **options)
+    assert 2 * n_shared == len(calls) > 0  # 6 unordered pairs of 4 models instead of 12 ordered
+    for grp in alone.perms:
+        for x, y in zip(shared.perms[grp], alone.perms[grp], strict=True):
+            assert np.array_equal(x, y)
