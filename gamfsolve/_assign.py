@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -47,7 +49,7 @@ def logsumexp(s: Array, axis: int, xp: Any) -> Array:
 def sinkhorn(
     scores: Array, tau: float, xp: Any, *, tol: float = 1e-4, max_iter: int = 500, v: Array | None = None
 ) -> tuple[Array, Array, int]:
-    """Doubly stochastic ``P = exp(scores / tau - u - v)`` by alternating log-domain normalisation.
+    """Doubly stochastic ``P = exp(scores / tau - u - v)`` by alternating row and column normalisation.
 
     Parameters
     ----------
@@ -63,12 +65,78 @@ def sinkhorn(
     Returns
     -------
     P : (n, n) array, v : (1, n) array, iterations : int
+
+    Small NumPy plans run as one compiled log-domain loop; larger ones (and every other backend)
+    iterate on scalings with absorption (see :func:`_sinkhorn_scaling`): the same steps in exact
+    arithmetic, two matrix-vector products each instead of two passes of ``exp``.
     """
     s = scores / tau
     if v is None:
         v = xp.zeros((1, s.shape[1]), dtype=s.dtype, device=device(s))
     if isinstance(s, np.ndarray) and s.size <= COMPILED_SINKHORN_MAX and s.dtype in _COMPILED_DTYPES and _numba.available():
         return _numba.sinkhorn_numba(s, v, tol, max_iter, CHECK_EVERY)
+    out = _sinkhorn_scaling(s, v, tol, max_iter, xp)
+    return out if out is not None else _sinkhorn_log(s, v, tol, max_iter, xp)
+
+
+def _normalised_rows(s: Array, v: Array, xp: Any) -> Array:
+    """``K = exp(s - u - v)`` with ``u`` the row log-sum-exp of ``s - v``: every row of ``K`` sums to one."""
+    z = s - v
+    e = xp.exp(z - _max(z, 1, xp))
+    return e / _sum(e, 1, xp)
+
+
+def _sinkhorn_scaling(s: Array, v: Array, tol: float, max_iter: int, xp: Any) -> tuple[Array, Array, int] | None:
+    """Sinkhorn on scalings: ``P = diag(a) K diag(b)``, ``K`` row-normalised for the potential ``v``.
+
+    The first step is taken in the log domain; then each step is a row step ``a = 1 / (K b)`` and
+    a column step ``b = 1 / (a^T K)``: the log-domain steps of :func:`_sinkhorn_log` exactly
+    (``u = u_K - log a``, ``v = v_K - log b``), at the cost of two matrix-vector products. A
+    fresh ``K`` follows a column step, so each of its columns sums to at least ``1/n``: none is
+    lost to underflow. Every ``CHECK_EVERY`` steps, scalings outside ``[e^-T, e^T]`` are absorbed
+    into ``v`` and ``K`` is recomputed (``T = -ln(tiny) / 4`` of the dtype: entries of ``K`` that
+    underflow weigh less than ``tiny^(1/2)``, far below ``tol``). Returns None if a scaling stops
+    being finite and positive in between; the caller then runs the log-domain loop.
+    """
+    n, m = s.shape
+    dtype, dev = s.dtype, device(s)
+    limit = -math.log(float(xp.finfo(dtype).smallest_normal)) / 4
+    hi, lo = math.exp(limit), math.exp(-limit)
+    v = logsumexp(s - logsumexp(s - v, 1, xp), 0, xp)  # step 1, in the log domain
+    k = _normalised_rows(s, v, xp)  # and the row step of step 2
+    a = xp.ones((n, 1), dtype=dtype, device=dev)
+    b = xp.ones((1, m), dtype=dtype, device=dev)
+    rows_done, it = True, 1  # rows_done: a is the row step for the current b
+    quiet = np.errstate(divide="ignore", over="ignore", invalid="ignore") if isinstance(s, np.ndarray) else nullcontext()
+    with quiet:  # an overflow is detected below and handed to the log-domain loop
+        while it < max_iter:
+            it += 1
+            if not rows_done:
+                a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
+            b = 1.0 / (xp.permute_dims(a, (1, 0)) @ k)
+            rows_done = False
+            if it % CHECK_EVERY == 0 or it == max_iter:  # check every few steps: no device sync each step
+                a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
+                rows_done = True
+                top = max(float(xp.max(a)), float(xp.max(b)))
+                bottom = min(float(xp.min(a)), float(xp.min(b)))
+                if not (math.isfinite(top) and bottom > 0):
+                    return None
+                if top > hi or bottom < lo:  # absorb: the row step for the new v is the fresh K
+                    v = v - xp.log(b)
+                    k = _normalised_rows(s, v, xp)
+                    a = xp.ones((n, 1), dtype=dtype, device=dev)
+                    b = xp.ones((1, m), dtype=dtype, device=dev)
+                col = b * (xp.permute_dims(a, (1, 0)) @ k)
+                if float(_max(xp.abs(col - 1.0), None, xp, keepdims=False)) < tol:
+                    break
+        if not rows_done:
+            a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
+        return a * k * b, v - xp.log(b), it
+
+
+def _sinkhorn_log(s: Array, v: Array, tol: float, max_iter: int, xp: Any) -> tuple[Array, Array, int]:
+    """Log-domain Sinkhorn on scaled scores ``s``: robust at any temperature, one ``exp`` pass per half-step."""
     it, u, p = 0, None, None  # u: the row potential for the current v; p: the plan for (u, v)
     for it in range(1, max_iter + 1):
         if u is None:

@@ -120,3 +120,51 @@ def test_sinkhorn_small_float16_plan_uses_the_array_code():
     p, _, _ = sinkhorn(scores, 0.5, xp, tol=1e-2)
     assert p.dtype == np.float16
     np.testing.assert_allclose(p.astype(np.float64).sum(axis=1), 1.0, atol=1e-2)
+
+
+@given(seeds, st.integers(2, 40), st.sampled_from([2.0, 0.3, 0.05, 0.005]), st.sampled_from([np.float32, np.float64]))
+def test_scaling_sinkhorn_takes_the_log_domain_steps(seed, n, tau, dtype):
+    """Iterating on scalings with absorption is the log-domain iteration in exact arithmetic."""
+    import array_api_compat.numpy as xp
+
+    from gamfsolve._assign import _sinkhorn_log, _sinkhorn_scaling
+
+    rng = np.random.default_rng(seed)
+    s = (rng.normal(size=(n, n)) / tau).astype(dtype)
+    v0 = (rng.normal(size=(1, n)) / tau).astype(dtype)
+    p1, _, it1 = _sinkhorn_log(s, v0, 1e-4, 300, xp)
+    out = _sinkhorn_scaling(s, v0, 1e-4, 300, xp)
+    assert out is not None  # the first step in the log domain leaves no column to underflow
+    p2, v2, it2 = out
+    assert p2.dtype == v2.dtype == dtype and v2.shape == (1, n)
+    np.testing.assert_allclose(p2.sum(axis=1), 1.0, atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert abs(it1 - it2) <= 5  # the same stopping rule; a check may fall either side of tol
+    if it1 == it2 and it1 < 300:
+        np.testing.assert_allclose(p1, p2, atol=1e-3 if dtype == np.float32 else 1e-7)
+
+
+def test_scaling_sinkhorn_absorbs_large_scalings_and_falls_back_when_they_overflow(monkeypatch):
+    import array_api_compat.numpy as xp
+
+    import gamfsolve._assign as assign
+
+    rng = np.random.default_rng(1)
+    s = (rng.normal(size=(50, 50)) / 0.005).astype(np.float32)  # low temperature: potentials move a lot
+    v0 = np.zeros((1, 50), np.float32)
+    fresh = []
+    real = assign._normalised_rows
+    monkeypatch.setattr(assign, "_normalised_rows", lambda *a: fresh.append(1) or real(*a))
+    p, _, it = assign._sinkhorn_scaling(s, v0, 1e-4, 300, xp)
+    assert len(fresh) > 1  # absorbed at least once
+    p_log, _, it_log = assign._sinkhorn_log(s, v0, 1e-4, 300, xp)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert abs(it - it_log) <= 5
+    np.testing.assert_allclose(p, p_log, atol=1e-3)
+    # a plan whose scalings overflow between two checks: the log-domain loop takes over
+    s = np.zeros((40, 40), dtype=np.float32)
+    s[:, 0] = -500.0
+    monkeypatch.setattr(assign, "logsumexp", lambda x, axis, xp: xp.zeros_like(x[:1] if axis == 0 else x[:, :1]))
+    assert assign._sinkhorn_scaling(s, np.zeros((1, 40), np.float32), 1e-4, 100, xp) is None
+    monkeypatch.undo()
+    p, _, _ = assign.sinkhorn(s, 1.0, xp, tol=1e-4, max_iter=100)
+    np.testing.assert_allclose(p, 1 / 40, atol=1e-5)
