@@ -71,7 +71,7 @@ class FeatureCache:
         self.budget, self.used = budget, 0
         self.entries: dict[tuple[int, str, str], tuple[Entry, int]] = {}
         # pairwise affinities of features without a map, valid while both sides' entries are
-        self.pairs: dict[tuple[str, int, int], tuple[tuple[Any, ...], Array, int]] = {}
+        self.pairs: dict[tuple[str, int, int, tuple[int, ...]], tuple[tuple[Any, ...], Array, int]] = {}
         self.stamp = 0
         self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
         for g in spec.groups:
@@ -136,12 +136,12 @@ class FeatureCache:
             stamps += [stamp] * len(f)
         return feats, phis, stamps
 
-    def pair(self, key: tuple[str, int, int], stamps: tuple[Any, ...]) -> Array | None:
+    def pair(self, key: tuple[str, int, int, tuple[int, ...]], stamps: tuple[Any, ...]) -> Array | None:
         """A stored pairwise affinity whose features are still the cached ones, or None."""
         hit = self.pairs.get(key)
         return hit[1] if hit is not None and None not in stamps and hit[0] == stamps else None
 
-    def store_pair(self, key: tuple[str, int, int], stamps: tuple[Any, ...], a: Array) -> None:
+    def store_pair(self, key: tuple[str, int, int, tuple[int, ...]], stamps: tuple[Any, ...], a: Array) -> None:
         old = self.pairs.pop(key, None)
         if old is not None:
             self.used -= old[2]
@@ -174,7 +174,7 @@ class GroupScores:
         # raw pairwise affinities waiting for their transpose: the features are fixed for the
         # life of this object (a colour class), and the kernel is symmetric, so A(X_j, X_k) is
         # A(X_k, X_j)^T bit for bit; each is dropped once used, within the cache's byte budget
-        self._pending: dict[tuple[int, int], Array] = {}
+        self._pending: dict[tuple[int, int, tuple[int, ...]], Array] = {}
         self._pending_bytes = 0
         got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
         self.features: list[list[Feature]] = [f for f, _, _ in got]
@@ -231,15 +231,8 @@ class GroupScores:
             total = term if total is None else total + term
         rest = [i for i in range(len(self.features[k])) if i not in self.phi]
         if rest:
-            own = [self.features[k][i] for i in rest]
             for j in partners:
-                other = [self.features[j][i] for i in rest]
-                key = (group, k, j)
-                stamps = tuple(self.stamps[k][i] for i in rest) + tuple(self.stamps[j][i] for i in rest)
-                a = self.cache.pair(key, stamps)
-                if a is None:
-                    a = self._pairwise(k, j, own, other)
-                    self.cache.store_pair(key, stamps, a)
+                a = self._rest_affinity(k, j, rest)
                 rows, cols = self.cache.alive(k, group), self.cache.alive(j, group)
                 if rows is not None:  # empty slots have no edges
                     a = a * rows[:, None]
@@ -249,16 +242,41 @@ class GroupScores:
                 total = term if total is None else total + term
         return standardize(total, xp)
 
-    def _pairwise(self, k: int, j: int, own: Sequence[Feature], other: Sequence[Feature]) -> Array:
-        """Raw affinity of model ``k``'s units to model ``j``'s: one kernel call per unordered pair."""
-        hit = self._pending.pop((j, k), None)
+    def _rest_affinity(self, k: int, j: int, rest: list[int]) -> Array:
+        """Raw pairwise affinity of model ``k``'s units to ``j``'s over the features without maps.
+
+        Features that are cached on both sides (they do not move: e.g. a first layer's incoming
+        weights, or anything of the anchor model) are summed once and kept across sweeps; the
+        others are computed afresh, once per unordered pair (:meth:`_pairwise`).
+        """
+        fixed = tuple(i for i in rest if self.stamps[k][i] is not None and self.stamps[j][i] is not None)
+        moving = tuple(i for i in rest if i not in fixed)
+        total = None
+        if fixed:
+            key = (self.group, k, j, fixed)
+            stamps = tuple(self.stamps[k][i] for i in fixed) + tuple(self.stamps[j][i] for i in fixed)
+            total = self.cache.pair(key, stamps)
+            if total is None:
+                total = self._pairwise(k, j, fixed)
+                self.cache.store_pair(key, stamps, total)
+        if moving:
+            a = self._pairwise(k, j, moving)
+            total = a if total is None else total + a
+        return total
+
+    def _pairwise(self, k: int, j: int, which: tuple[int, ...]) -> Array:
+        """Raw affinity of model ``k``'s units to ``j``'s over features ``which``: one kernel call
+        per unordered pair."""
+        hit = self._pending.pop((j, k, which), None)
         if hit is not None:
             self._pending_bytes -= array_nbytes(hit)
             return self.xp.permute_dims(hit, (1, 0))
+        own = [self.features[k][i] for i in which]
+        other = [self.features[j][i] for i in which]
         a = group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
         size = array_nbytes(a)
         if len(self.pool) > 1 and j in self.pool and self._pending_bytes + size <= self.cache.budget:
-            self._pending[k, j] = a  # model j's scores, later in this class, read it transposed
+            self._pending[k, j, which] = a  # model j's scores, later in this class, read it transposed
             self._pending_bytes += size
         return a
 

@@ -143,7 +143,8 @@ def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
     shared = g.match(models, g.mlp_spec(3), **options)
     n_shared = len(calls)
 
-    def unshared(self, k, j, own, other):
+    def unshared(self, k, j, which):
+        own, other = [self.features[k][i] for i in which], [self.features[j][i] for i in which]
         return scores.group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
 
     calls.clear()
@@ -153,3 +154,26 @@ def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
     for grp in alone.perms:
         for x, y in zip(shared.perms[grp], alone.perms[grp], strict=True):
             assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("n_models", [2, 3])
+def test_affinities_of_features_that_never_move_are_computed_once(monkeypatch, n_models):
+    """A first layer's incoming weights and biases (no other mapped axis) give the same pairwise
+    affinity in every sweep: it is computed once per pair of models for the whole solve."""
+    import gamfsolve._scores as scores
+
+    rng = np.random.default_rng(8)
+    models = [mlp([6, 9, 8, 3], rng)[0] for _ in range(n_models)]
+    seen = []
+    real = scores.group_affinity
+
+    def recorded(fa, fb, *args, **kwargs):
+        seen.append(tuple(f.name for f in fa))
+        return real(fa, fb, *args, **kwargs)
+
+    monkeypatch.setattr(scores, "group_affinity", recorded)
+    result = g.match(models, g.mlp_spec(3), method="gamf", seed=0, kernel="reference")
+    assert result.n_iter > 5
+    fixed = [names for names in seen if names == ("layers.0.weight", "layers.0.bias")]
+    assert len(fixed) == n_models * (n_models - 1) // 2  # one per unordered pair of models
+    assert sum(names == ("layers.1.weight",) for names in seen) > 5  # the moving features are recomputed
