@@ -112,11 +112,11 @@ def _sinkhorn_scaling(s: Array, v: Array, tol: float, max_iter: int, xp: Any) ->
         while it < max_iter:
             it += 1
             if not rows_done:
-                a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
-            b = 1.0 / (xp.permute_dims(a, (1, 0)) @ k)
+                a = 1.0 / (k @ b.T)
+            b = 1.0 / (a.T @ k)
             rows_done = False
             if it % CHECK_EVERY == 0 or it == max_iter:  # check every few steps: no device sync each step
-                a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
+                a = 1.0 / (k @ b.T)
                 rows_done = True
                 top = max(float(xp.max(a)), float(xp.max(b)))
                 bottom = min(float(xp.min(a)), float(xp.min(b)))
@@ -127,11 +127,11 @@ def _sinkhorn_scaling(s: Array, v: Array, tol: float, max_iter: int, xp: Any) ->
                     k = _normalised_rows(s, v, xp)
                     a = xp.ones((n, 1), dtype=dtype, device=dev)
                     b = xp.ones((1, m), dtype=dtype, device=dev)
-                col = b * (xp.permute_dims(a, (1, 0)) @ k)
+                col = b * (a.T @ k)
                 if float(_max(xp.abs(col - 1.0), None, xp, keepdims=False)) < tol:
                     break
         if not rows_done:
-            a = 1.0 / (k @ xp.permute_dims(b, (1, 0)))
+            a = 1.0 / (k @ b.T)
         return a * k * b, v - xp.log(b), it
 
 
