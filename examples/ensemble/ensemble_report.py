@@ -138,9 +138,9 @@ NOTES = [
     "affinity computed once per unordered pair of models, and the affinities of features that never move "
     "(a first layer's 784 incoming weights) computed once per solve.",
     "- Much of every gap is noise, at two levels. The solver: `SOLVER_SEEDS.md` re-fuses models with 5 "
-    "solver seeds per data seed: LeNet N = 4 homog weight matching 85.8 ± 3.5 vs gamf 84.9 ± 2.3 (15 "
-    "fusions each), hetero 65.6 ± 4.5 vs 65.5 ± 7.6; one solver seed moves a LeNet N = 4 result by 2-3 "
-    "points (std) for either method. The models: a LeNet trained by the same seeded code comes out "
+    "solver seeds per data seed: LeNet N = 4 homog weight matching 84.6 ± 5.2 vs gamf 83.9 ± 4.1 (15 "
+    "fusions each), hetero 65.2 ± 5.1 vs 67.2 ± 5.0 (gamf ahead); one solver seed moves a LeNet N = 4 "
+    "result by 3-4 points (std) for either method. The models: a LeNet trained by the same seeded code comes out "
     "slightly different in another process (the float rounding of the CPU convolutions follows the "
     "process's memory layout; nox pins `PYTHONHASHSEED=0`, which makes this run repeatable). Seed 0's "
     "pair reaches 95.0 / 96.3% in this run and 95.15 / 96.3% in a fresh process, and on the fresh-process "
