@@ -107,14 +107,15 @@ def _sinkhorn_scaling(s: Array, v: Array, tol: float, max_iter: int, xp: Any) ->
     a = xp.ones((n, 1), dtype=dtype, device=dev)
     b = xp.ones((1, m), dtype=dtype, device=dev)
     rows_done, it = True, 1  # rows_done: a is the row step for the current b
+    col_sums = None  # a^T K from the last check, when a and K have not changed since
     quiet = np.errstate(divide="ignore", over="ignore", invalid="ignore") if isinstance(s, np.ndarray) else nullcontext()
     with quiet:  # an overflow is detected below and handed to the log-domain loop
         while it < max_iter:
             it += 1
             if not rows_done:
                 a = 1.0 / (k @ b.T)
-            b = 1.0 / (a.T @ k)
-            rows_done = False
+            b = 1.0 / (a.T @ k if col_sums is None else col_sums)
+            rows_done, col_sums = False, None
             if it % CHECK_EVERY == 0 or it == max_iter:  # check every few steps: no device sync each step
                 a = 1.0 / (k @ b.T)
                 rows_done = True
@@ -127,8 +128,8 @@ def _sinkhorn_scaling(s: Array, v: Array, tol: float, max_iter: int, xp: Any) ->
                     k = _normalised_rows(s, v, xp)
                     a = xp.ones((n, 1), dtype=dtype, device=dev)
                     b = xp.ones((1, m), dtype=dtype, device=dev)
-                col = b * (a.T @ k)
-                if float(_max(xp.abs(col - 1.0), None, xp, keepdims=False)) < tol:
+                col_sums = a.T @ k  # the next column step divides by it
+                if float(_max(xp.abs(b * col_sums - 1.0), None, xp, keepdims=False)) < tol:
                     break
         if not rows_done:
             a = 1.0 / (k @ b.T)
