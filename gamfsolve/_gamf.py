@@ -75,9 +75,11 @@ class _Problem:
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
-# measured on the ensemble LeNet / MLP (real weights span ~3 sqrt(sigma), map rank ~20), the
-# pairwise path is 3-5x faster per iteration at N = 2 and 4; the templates win from about 5 models.
-MIN_POOL_FOR_MAPS_NUMBA = 5
+# per outer iteration on N planted MLPs 784-256-256-256-10 (map rank ~20, one process per
+# case, session 8): pairwise / templates 0.27 / 0.61 s at N = 4, 0.43 / 0.69 at 5, 0.60 / 0.84
+# at 6, 0.84 / 1.03 at 7, 1.09 / 1.13 at 8, 1.39 / 1.19 at 9, 1.81 / 1.36 at 10; the pairwise
+# path also needs a third of the memory. Templates from nine models on.
+MIN_POOL_FOR_MAPS_NUMBA = 9
 
 
 def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int) -> str:

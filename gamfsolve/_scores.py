@@ -70,8 +70,11 @@ class FeatureCache:
         self.sigmas, self.ranges, self.kind, self.kernel = sigmas, ranges, kind, kernel
         self.budget, self.used = budget, 0
         self.entries: dict[tuple[int, str, str], tuple[Entry, int]] = {}
-        # pairwise affinities of features without a map, valid while both sides' entries are
+        # pairwise affinities of features without a map, one per unordered pair of models, valid
+        # while both sides' entries are; their own ``budget`` bytes (n^2 bytes save n^2 E kernel
+        # evaluations per sweep, so they must not be crowded out by the features they came from)
         self.pairs: dict[tuple[str, int, int, tuple[int, ...]], tuple[tuple[Any, ...], Array, int]] = {}
+        self.pairs_used = 0
         self.stamp = 0
         self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
         for g in spec.groups:
@@ -144,11 +147,11 @@ class FeatureCache:
     def store_pair(self, key: tuple[str, int, int, tuple[int, ...]], stamps: tuple[Any, ...], a: Array) -> None:
         old = self.pairs.pop(key, None)
         if old is not None:
-            self.used -= old[2]
+            self.pairs_used -= old[2]
         size = array_nbytes(a)
-        if None not in stamps and self.used + size <= self.budget:
+        if None not in stamps and self.pairs_used + size <= self.budget:
             self.pairs[key] = (stamps, a, size)
-            self.used += size
+            self.pairs_used += size
 
 
 def array_nbytes(x: Array) -> int:
@@ -253,12 +256,15 @@ class GroupScores:
         moving = tuple(i for i in rest if i not in fixed)
         total = None
         if fixed:
-            key = (self.group, k, j, fixed)
-            stamps = tuple(self.stamps[k][i] for i in fixed) + tuple(self.stamps[j][i] for i in fixed)
-            total = self.cache.pair(key, stamps)
-            if total is None:
+            lo, hi = min(k, j), max(k, j)  # stored once per unordered pair, as A(X_lo, X_hi)
+            key = (self.group, lo, hi, fixed)
+            stamps = tuple(self.stamps[lo][i] for i in fixed) + tuple(self.stamps[hi][i] for i in fixed)
+            stored = self.cache.pair(key, stamps)
+            if stored is None:
                 total = self._pairwise(k, j, fixed)
-                self.cache.store_pair(key, stamps, total)
+                self.cache.store_pair(key, stamps, total if k == lo else self.xp.permute_dims(total, (1, 0)))
+            else:
+                total = stored if k == lo else self.xp.permute_dims(stored, (1, 0))
         if moving:
             a = self._pairwise(k, j, moving)
             total = a if total is None else total + a
