@@ -31,6 +31,7 @@ from ._assign import hungarian, sinkhorn
 from ._errors import ConvergenceWarning, FusionError
 from ._features import color_groups
 from ._kernels._numba import available as numba_available
+from ._kernels._threads import one_blas_thread
 from ._objective import matched_affinity
 from ._result import MatchResult
 from ._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
@@ -75,11 +76,11 @@ class _Problem:
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
-# per outer iteration on N planted MLPs 784-256-256-256-10 (map rank ~20, one process per
-# case, session 8): pairwise / templates 0.27 / 0.61 s at N = 4, 0.43 / 0.69 at 5, 0.60 / 0.84
-# at 6, 0.84 / 1.03 at 7, 1.09 / 1.13 at 8, 1.39 / 1.19 at 9, 1.81 / 1.36 at 10; the pairwise
-# path also needs a third of the memory. Templates from nine models on.
-MIN_POOL_FOR_MAPS_NUMBA = 9
+# per outer iteration on N planted MLPs 784-256-256-256-10 (map rank ~20, one process per case,
+# 2 cores, session 8, BLAS at one thread on the pairwise path): pairwise / templates 0.05 / 0.31 s
+# at N = 2, 0.14 / 0.57 at 4, 0.50 / 1.12 at 8, 1.32 / 1.58 at 12, 1.94 / 1.93 at 14, 3.12 / 2.03
+# at 16; the pairwise path also needs a quarter of the memory. Templates from 14 models on.
+MIN_POOL_FOR_MAPS_NUMBA = 14
 
 
 def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int) -> str:
@@ -161,6 +162,30 @@ def _gamf(
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
     prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel)
     maps = _init_maps(prob, init, seed, checked)
+    # the pairwise path alternates parallel Numba kernels and small products: BLAS threads that
+    # spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py)
+    with one_blas_thread(prob.cache.kernel == "numba"):
+        best, trace, it, converged, message = _anneal(
+            prob, maps, tau0=tau0, gamma=gamma, tau_min=tau_min, max_sweeps=max_sweeps, tol=tol,
+            sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter)
+    if best is None:
+        raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
+    if not converged:
+        warnings.warn(f"gamf stopped after {it} iterations without converging", ConvergenceWarning, stacklevel=3)
+    final = best[1]
+    perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
+    return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
+                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas})
+
+
+def _anneal(
+    prob: _Problem, maps: list[Maps], *, tau0: float, gamma: float, tau_min: float, max_sweeps: int, tol: float,
+    sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int,
+) -> tuple[tuple[float, list[Maps]] | None, list[float], int, bool, str]:
+    """Alg. 1 / 2's loop: Sinkhorn sweeps at falling temperature, then Hungarian sweeps until a
+    fixed point or a 2-cycle. Updates ``maps`` in place; returns the best Hungarian iterate
+    (objective, maps), the objective trace, the iterations, whether it converged, and why it stopped."""
+    models, spec, sigmas, xp = prob.models, prob.spec, prob.sigmas, prob.xp
     potentials: dict[tuple[int, str], Array] = {}
     tau, sweeps_at_tau = tau0, 0
     discrete = False
@@ -216,14 +241,7 @@ def _gamf(
             converged, message = True, "2-cycle in the Hungarian stage; returned the better iterate"
             break
         seen.append(snap)
-    if best is None:
-        raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
-    if not converged:
-        warnings.warn(f"gamf stopped after {it} iterations without converging", ConvergenceWarning, stacklevel=3)
-    final = best[1]
-    perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
-    return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
-                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas})
+    return best, trace, it, converged, message
 
 
 def _perms_of(prob: _Problem, maps: list[Maps], k: int) -> dict[str, Array]:

@@ -345,3 +345,42 @@ def test_matmul_float32_wide_conv_edges() -> None:
     exact = _numba.edge_affinity_numba(x.astype(np.float64), y.astype(np.float64), 1.0)
     r = edge_affinity(x, y, 1.0, kernel="matmul")
     assert np.max(np.abs(r - exact)) <= 2 * RTOL * np.max(exact) / 4
+
+
+def test_one_blas_thread_is_scoped() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gamfsolve._kernels._threads import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with one_blas_thread(False):
+        assert blas_threads() == before
+    with one_blas_thread():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the limit applies to the Numba kernels' path")
+@pytest.mark.parametrize(("kernel", "limited"), [("auto", True), ("numba", True), ("factorised", False), ("reference", False)])
+def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: str, limited: bool) -> None:
+    import contextlib
+
+    import gamfsolve
+    import gamfsolve._gamf as gamf_module
+
+    seen: list[bool] = []
+
+    @contextlib.contextmanager
+    def recorded(active: bool = True):
+        seen.append(active)
+        yield
+
+    monkeypatch.setattr(gamf_module, "one_blas_thread", recorded)
+    rng = np.random.default_rng(0)
+    spec = gamfsolve.mlp_spec(2)
+    models = [{"layers.0.weight": rng.standard_normal((6, 5)), "layers.0.bias": rng.standard_normal(6),
+               "layers.1.weight": rng.standard_normal((3, 6)), "layers.1.bias": rng.standard_normal(3)} for _ in range(3)]
+    gamfsolve.match(models, spec, method="gamf", seed=0, kernel=kernel)
+    assert seen == [limited]
