@@ -162,9 +162,10 @@ def _gamf(
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
     prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel)
     maps = _init_maps(prob, init, seed, checked)
-    # the pairwise path alternates parallel Numba kernels and small products: BLAS threads that
-    # spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py)
-    with one_blas_thread(prob.cache.kernel == "numba"):
+    # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
+    # that spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py);
+    # the node affinity is all products
+    with one_blas_thread(prob.kind == "edge" and prob.cache.kernel == "numba"):
         best, trace, it, converged, message = _anneal(
             prob, maps, tau0=tau0, gamma=gamma, tau_min=tau_min, max_sweeps=max_sweeps, tol=tol,
             sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter)

@@ -363,8 +363,12 @@ def test_one_blas_thread_is_scoped() -> None:
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="the limit applies to the Numba kernels' path")
-@pytest.mark.parametrize(("kernel", "limited"), [("auto", True), ("numba", True), ("factorised", False), ("reference", False)])
-def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: str, limited: bool) -> None:
+@pytest.mark.parametrize(
+    ("kernel", "affinity", "limited"),
+    [("auto", "edge", True), ("numba", "edge", True), ("factorised", "edge", False), ("reference", "edge", False),
+     ("auto", "node", False)],
+)
+def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: str, affinity: str, limited: bool) -> None:
     import contextlib
 
     import gamfsolve
@@ -382,5 +386,5 @@ def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: s
     spec = gamfsolve.mlp_spec(2)
     models = [{"layers.0.weight": rng.standard_normal((6, 5)), "layers.0.bias": rng.standard_normal(6),
                "layers.1.weight": rng.standard_normal((3, 6)), "layers.1.bias": rng.standard_normal(3)} for _ in range(3)]
-    gamfsolve.match(models, spec, method="gamf", seed=0, kernel=kernel)
+    gamfsolve.match(models, spec, method="gamf", seed=0, kernel=kernel, affinity=affinity)
     assert seen == [limited]
