@@ -56,7 +56,8 @@ class FeatureCache:
     An entry records the map objects of the groups on the parameter's other axes; it is valid
     while those are the same objects (maps are replaced, never modified in place). Entries are
     kept when they can be hit again, i.e. when every such map is absent or an index vector,
-    within ``budget`` bytes (soft plans change every sweep).
+    within ``budget`` bytes (soft plans change every sweep); the pair sums of such features
+    (:meth:`pair`) have ``budget`` bytes of their own.
     """
 
     def __init__(

@@ -144,9 +144,10 @@ NOTES = [
     "pair. The run before had gone from 13.9 to 6.1 s and 22.2 to 5.0 s (Sinkhorn on scalings, each "
     "pairwise affinity once per unordered pair, a first layer's 784 incoming weights once per solve).",
     "- Much of every gap is noise, at two levels. The solver: `SOLVER_SEEDS.md` re-fuses models with 5 "
-    "solver seeds per data seed: LeNet N = 4 homog weight matching 84.6 ± 5.2 vs gamf 83.9 ± 4.1 (15 "
-    "fusions each), hetero 65.2 ± 5.1 vs 67.2 ± 5.0 (gamf ahead); one solver seed moves a LeNet N = 4 "
-    "result by 3-4 points (std) for either method. The models: a LeNet trained by the same seeded code "
+    "solver seeds per data seed: LeNet N = 4 homog weight matching 85.8 ± 3.5 vs gamf 85.3 ± 3.1 (15 "
+    "fusions each), hetero 65.6 ± 4.5 vs 63.8 ± 5.8 (the previous code: 65.2 vs 67.2, gamf ahead), LeNet "
+    "N = 2 hetero 86.2 vs 86.3; one solver seed moves a LeNet N = 4 "
+"result by 2-4 points (std) for either method. The models: a LeNet trained by the same seeded code "
     "comes out slightly different in another process (the float rounding of the CPU convolutions follows "
     "the process's memory layout; nox pins `PYTHONHASHSEED=0`, which makes a run repeatable for one "
     "version of the code). The previous run's LeNet N = 2 pairs gave gamf 91.1 against weight matching's "
