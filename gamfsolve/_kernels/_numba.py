@@ -14,8 +14,7 @@ Cost: ``n * m * E`` exponentials plus ``3 * n * m * E * D`` flops. Numba has no 
 kernel instead loops over ``b`` innermost on ``y`` laid out ``(E, D, m)`` and evaluates ``exp``
 with a polynomial that LLVM vectorises (float64 input: float64, 8 lanes; float32 input: float32,
 16 lanes, about 1 ulp like ``expf``); terms are summed in float64 as before.
-Small problems run on one thread (``SERIAL_WORK``): a parallel launch costs milliseconds on a
-loaded machine.
+Only tiny problems run on one thread (``SERIAL_WORK``).
 """
 
 from __future__ import annotations
@@ -275,9 +274,12 @@ def available() -> bool:
     return find_spec("numba") is not None and _compiled() is not None
 
 
-# Below this much work (inner-loop iterations) a parallel launch costs more than it saves: waking
-# the worker threads took 5-15 ms on the shared 2-core machine, longer than a small layer's kernel.
-SERIAL_WORK = 1 << 21
+# Below this much work (inner-loop iterations) a kernel runs on one thread. Once gamf stopped
+# BLAS threads spinning on the same cores (``_threads.py``) a parallel launch paid even for tiny
+# layers: on 2 cores, 16 x 6 x 25 x 6 (work 14,400) 1.7x, 64 x 64 x 256 1.6x, 128 x 128 x 256
+# 1.8x faster than serial; gamf on a protocol LeNet pair 0.51 -> 0.42 s and four LeNets 3.9 ->
+# 3.2 s against the former threshold of 2^21 (set when launches were slowed by that spinning).
+SERIAL_WORK = 1 << 12
 
 
 def edge_affinity_numba(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
