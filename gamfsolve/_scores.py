@@ -266,17 +266,24 @@ class GroupScores:
                 self.cache.store_pair(key, stamps, total if k == lo else self.xp.permute_dims(total, (1, 0)))
             else:
                 total = stored if k == lo else self.xp.permute_dims(stored, (1, 0))
+                self._take(j, k, fixed)  # the transpose kept for this read, if any, is not needed
         if moving:
             a = self._pairwise(k, j, moving)
             total = a if total is None else total + a
         return total
 
+    def _take(self, k: int, j: int, which: tuple[int, ...]) -> Array | None:
+        """Remove and return model ``k``'s affinity to ``j`` kept for ``j``'s transposed read, if any."""
+        hit = self._pending.pop((k, j, which), None)
+        if hit is not None:
+            self._pending_bytes -= array_nbytes(hit)
+        return hit
+
     def _pairwise(self, k: int, j: int, which: tuple[int, ...]) -> Array:
         """Raw affinity of model ``k``'s units to ``j``'s over features ``which``: one kernel call
         per unordered pair."""
-        hit = self._pending.pop((j, k, which), None)
+        hit = self._take(j, k, which)
         if hit is not None:
-            self._pending_bytes -= array_nbytes(hit)
             return self.xp.permute_dims(hit, (1, 0))
         own = [self.features[k][i] for i in which]
         other = [self.features[j][i] for i in which]
