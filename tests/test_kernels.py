@@ -17,12 +17,13 @@ from gamfsolve._kernels import (
     AUTO_MIN_SIDE_NUMBA,
     KERNELS,
     _dispatch,
+    _factorised,
     _numba,
     edge_affinity,
     edge_features,
     factorised_rank,
 )
-from gamfsolve._kernels._factorised import basis, bound_key
+from gamfsolve._kernels._factorised import _cheb, anchor_coefficients, basis, bound_key
 from gamfsolve._kernels._reference import edge_affinity_reference
 
 torch = pytest.importorskip("torch")
@@ -293,6 +294,77 @@ def test_empty_and_identical(kernel: str) -> None:
 def test_basis_rank_grows_linearly() -> None:
     ranks = [basis(bound_key(b), 1e-7).shape[1] for b in (0.5, 1.5, 3.0, 5.0)]
     assert ranks == sorted(ranks) and ranks[-1] <= 36
+
+
+@pytest.mark.parametrize("b", [0.02, 0.1, 0.5, 1.0, 3.0])
+@pytest.mark.parametrize("centred", [False, True])
+def test_basis_meets_its_tolerance_off_the_grid(b: float, centred: bool) -> None:
+    """The node scan may pick few nodes for short maps; the map still meets ``tol`` between grid points."""
+    key, tol = bound_key(b), 2.5e-7
+    w = basis(key, tol, centred)
+    s, t = np.random.default_rng(0).uniform(-1.0, 1.0, (2, 4000))
+    approx = np.sum((_cheb(s, w.shape[0]) @ w) * (_cheb(t, w.shape[0]) @ w), axis=1)
+    exact = np.exp(-((key * (s - t)) ** 2))
+    if centred:
+        exact = exact - np.exp(-((key * s) ** 2)) - np.exp(-((key * t) ** 2)) + 1.0
+    assert np.max(np.abs(approx - exact)) <= tol
+
+
+def test_anchor_coefficients_accuracy_or_none() -> None:
+    """``g(s) = 1 - exp(-b^2 s^2)`` from the basis' nodes within ``tol``; None when they are too few."""
+    grid = np.linspace(-1.0, 1.0, 1001)
+    for b in (0.05, 1.0, 3.0):
+        q = basis(bound_key(b), 2.5e-7, True).shape[0]
+        coef = anchor_coefficients(bound_key(b), q, 2.5e-7 / 8.0)
+        assert coef is not None
+        assert np.max(np.abs(_cheb(grid, q) @ coef + np.expm1(-((bound_key(b) * grid) ** 2)))) <= 2.5e-7 / 8.0
+    assert anchor_coefficients(bound_key(3.0), 3, 1e-8) is None
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the fused Numba pass against the array code")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_centred_side_matches_array_code(dtype: type) -> None:
+    """One Numba pass (features + anchors from their series) gives the array code's features and anchor sums."""
+    rng = np.random.default_rng(3)
+    x = (0.4 * rng.standard_normal((37, 50))).astype(dtype)
+    centre = (0.1 * rng.standard_normal(50)).astype(dtype)
+    sigma, tol = 0.8, 2.5e-7
+    half = float(np.max(np.abs(x - centre)))
+    key = bound_key(half / np.sqrt(sigma))
+    w = basis(key, tol, True)
+    x_before = x.copy()
+    scale = float(key * np.sqrt(sigma))
+    phi, anchors = _factorised.centred_side(x, centre, key, scale, w, sigma, tol, np)
+    phi_ref, anchors_ref = _factorised.centred_side(xps.asarray(x), xps.asarray(centre), key, scale,
+                                                    w, sigma, tol, xps)
+    np.testing.assert_array_equal(x, x_before)
+    eps = float(np.finfo(dtype).eps)
+    np.testing.assert_allclose(phi, np.asarray(phi_ref), rtol=0, atol=50 * eps * float(np.max(np.abs(phi))))
+    assert anchors.dtype == np.float64
+    exact = np.sum(np.exp(-((x.astype(np.float64) - centre) ** 2) / sigma), axis=1)
+    assert np.max(np.abs(anchors - exact)) <= 50 * (tol / 8.0 + 20 * eps)
+    assert np.max(np.abs(np.asarray(anchors_ref) - exact)) <= 50 * 20 * eps
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the in-place NumPy epilogue")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_overwrite_and_epilogue(dtype: type) -> None:
+    """``overwrite=True`` gives the same numbers as the copying path; without it the features stay untouched."""
+    rng = np.random.default_rng(4)
+    px, py = (rng.standard_normal((9, 40)) + 3.0).astype(dtype), (rng.standard_normal((7, 40)) + 3.0).astype(dtype)
+    row, col = rng.standard_normal(9), rng.standard_normal(7)
+    keep = px.copy(), py.copy()
+    plain = _factorised.product(px, py, np, row=row, col=col, shift=-2.0)
+    np.testing.assert_array_equal(px, keep[0])
+    np.testing.assert_array_equal(py, keep[1])
+    in_place = _factorised.product(px.copy(), py.copy(), np, row=row, col=col, shift=-2.0, overwrite=True)
+    truth = keep[0].astype(np.float64) @ keep[1].astype(np.float64).T + row[:, None] + col[None, :] - 2.0
+    assert plain.dtype == in_place.dtype == dtype
+    np.testing.assert_allclose(in_place, plain, rtol=4 * float(np.finfo(dtype).eps))
+    np.testing.assert_allclose(plain, truth, rtol=8 * float(np.finfo(dtype).eps))
+    core = rng.standard_normal((5, 6)).astype(np.float32)
+    got = _numba.add_outer(core.copy(), np.arange(5.0), np.arange(6.0))
+    np.testing.assert_array_equal(got, (core.astype(np.float64) + np.arange(5.0)[:, None] + np.arange(6.0)).astype(np.float32))
 
 
 def test_numba_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,8 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     operations with ``(64, m, E, D)`` temporaries. The correctness oracle.
 ``"numba"``
     Compiled loops, parallel over output rows (NumPy input only; Numba optional): ``n m E``
-    scalar ``exp`` calls (no SIMD without SVML), about 1 ns each per core.
+    ``exp`` by a polynomial that vectorises (no SVML needed), about 0.7 CPU cycle per
+    ``(a, b, e)`` in float32.
 ``"matmul"``
     Squared distances as ``||x||^2 + ||y||^2 - 2 x.y`` per edge, batched as one
     ``(E, n, D) @ (E, D, m)`` product, then vectorised ``exp``: ``2 n m E D`` flops plus
@@ -38,9 +39,9 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     ``"factorised"`` when ``D = 1`` and the short map is expected to beat the exact kernel
     that would answer instead, otherwise that exact kernel. Against exact Numba (NumPy input)
     the map pays only for ``r <= AUTO_MAX_RANK_NUMBA`` on layers at least ``AUTO_MIN_SIDE_NUMBA``
-    wide: the vectorised Numba kernel costs about one CPU cycle per ``(a, b, e)`` and a float32
-    matrix product about ``r / 24`` (measured crossover ``r ~ 9-11`` at 512 x 512 x 512, ``r ~ 7``
-    at 128). Against ``"matmul"`` (other backends) it pays up to ``r = AUTO_MAX_RANK``.
+    wide: the vectorised Numba kernel costs about 0.7 CPU cycle per ``(a, b, e)`` and a float32
+    matrix product about ``r / 24``, plus the features (measured crossover ``r ~ 5-7`` at 512 x
+    512 x 512, ``r ~ 4-6`` at 256, ``r ~ 3`` at 128). Against ``"matmul"`` (other backends) it pays up to ``r = AUTO_MAX_RANK``.
 
 ``edge_features(x, sigma, bound=...)`` exposes the factorised kernel's feature map, so that
 sums over many models move inside one product (see its docstring for the contract).
@@ -67,11 +68,12 @@ KERNELS = ("auto", "reference", "numba", "factorised", "matmul")
 # matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
 # edge_features uses this limit too (the many-model sums; see its docstring).
 AUTO_MAX_RANK = 40
-# Against the vectorised exact Numba kernel (NumPy): one core, float32, factorised / Numba speed-up
-# measured 4.7x at r = 3, 2.2x at 6, 1.5x at 8, 1.2x at 10, 0.56x at 19 (512 x 512 x 512); 2.2x at r = 3,
-# 1.5x at 5, 0.8x at 8 (128 x 128 x 128); below 128 units the exact kernel wins at every rank.
-AUTO_MAX_RANK_NUMBA = 6
-AUTO_MIN_SIDE_NUMBA = 128
+# Against the vectorised exact Numba kernel (NumPy; FMA-contracted since session 9), float32, whole calls
+# on both cores, factorised / Numba speed-up with BLAS on two threads | on one (as inside gamf's solve):
+# 512 x 512 x 512: r = 3 2.1x | 1.5x, 4 1.7x | 1.2x, 5 1.5x | 1.0x, 6 1.1x | 0.76x, 7 1.0x | 0.71x;
+# 256^3: r = 3 1.9x | 1.5x, 4 1.3-1.6x | 1.0-1.2x, 6 1.0x | 0.75x; 128^3: r = 3 1.1x | 0.93x, 4 0.85x | 0.73x.
+AUTO_MAX_RANK_NUMBA = 4
+AUTO_MIN_SIDE_NUMBA = 256
 
 
 def _check_kernel(kernel: str) -> str:
@@ -101,27 +103,26 @@ def _exact(x: Array, y: Array, sigma: float, xp: Any, rtol: float) -> tuple[Arra
 def _factorised_affinity(x: Array, y: Array, sigma: float, xp: Any, rtol: float, max_rank: int) -> Array | None:
     """The centred short map meeting ``rtol * max R`` (a posteriori check), or None (no short map).
 
-    ``R = F_x 1^T + 1 F_y^T - E + Phi~_x Phi~_y^T`` with ``F_x[a] = sum_e k(x[a, e], c_e)`` exact
-    (``n E`` exp) and ``Phi~`` the features of the centred kernel (:func:`._factorised.basis`).
+    ``R = F_x 1^T + 1 F_y^T - E + Phi~_x Phi~_y^T`` with ``F_x[a] = sum_e k(x[a, e], c_e)`` (exact,
+    ``n E`` exp; on NumPy with Numba from its Chebyshev series in the features' pass, within a
+    quarter of the per-edge budget) and ``Phi~`` the features of the centred kernel
+    (:func:`._factorised.basis`).
     """
     n_edges = x.shape[1]
-    centre, bound = _factorised.plan_bound(x[:, :, 0], y[:, :, 0], sigma, xp)
+    x2, y2 = x[:, :, 0], y[:, :, 0]
+    centre, bound = _factorised.plan_bound(x2, y2, sigma, xp)
     if bound > _factorised.max_bound(max_rank):
         return None  # the rank would exceed the budget: skip building a basis
     key = _factorised.bound_key(bound)
-    vx, vy = x[:, :, 0] - centre, y[:, :, 0] - centre
     scale = key * math.sqrt(sigma)
-    tx, ty = xp.clip(vx / scale, -1.0, 1.0), xp.clip(vy / scale, -1.0, 1.0)
     tol = rtol / 4.0
-    row = col = None
     for _ in range(2):
         w = _factorised.basis(key, _factorised.tol_key(tol), centred=True)
         if w is None or w.shape[1] > max_rank:
             return None
-        if row is None:
-            row, col = _factorised.anchor_sums(vx, sigma, xp), _factorised.anchor_sums(vy, sigma, xp)
-        px, py = _factorised.features_scaled(tx, w, xp), _factorised.features_scaled(ty, w, xp)
-        r = _factorised.product(px, py, xp, row=row, col=col, shift=-float(n_edges))
+        px, row = _factorised.centred_side(x2, centre, key, scale, w, sigma, tol, xp)
+        py, col = _factorised.centred_side(y2, centre, key, scale, w, sigma, tol, xp)
+        r = _factorised.product(px, py, xp, row=row, col=col, shift=-float(n_edges), overwrite=True)
         # Per edge the error is <= tol, so entrywise <= E * tol; enough if E * tol <= rtol * max R
         # (max R >= max R~ - E tol).
         need = rtol * (float(xp.max(r)) - n_edges * tol) / n_edges

@@ -46,6 +46,7 @@ __all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "
 Array = Any
 MAX_RANK = 64  # beyond this a short map stops paying (and the grid check gets slow)
 _MAX_NODES = 160
+_NODE_SCAN = 6
 # Float32 products longer than this (E r) are accumulated in float64: at E r = 124 000 (fan-in 4608,
 # r = 27) the float32 product alone put 1.1e-6 of max R into the result, at 12 800 (fan-in 512, r = 25) 2.5e-7.
 FLOAT32_MAX_LENGTH = 32768
@@ -121,19 +122,48 @@ def basis(b: float, tol: float, centred: bool = False) -> np.ndarray | None:
     ``centred``: expand instead ``k~(p, q) = k(p, q) - k(p, 0) - k(0, q) + 1`` (``k`` with the
     lines through the centre taken out; positive semi-definite, one rank shorter than ``k``); the
     caller adds back ``k(p, 0) + k(0, q) - 1`` exactly, as sums over edges (row and column terms).
-    None when no basis of rank ``<= MAX_RANK`` reaches ``tol``.
+    None when no basis of rank ``<= MAX_RANK`` reaches ``tol``. Centred bases also have
+    :func:`anchor_coefficients` within ``tol / 8`` from their ``Q`` nodes.
     """
     if b > max_bound(MAX_RANK) * 1.2:
         return None
     grid = np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
     exact = _kernel(b, grid, grid, centred)
-    q = 8 + math.ceil(5.0 * b)
-    while q <= _MAX_NODES:
+    # The first q that passes can leave a rank one or two above what a few more nodes give (the
+    # interpolation error then leaves less room for truncation): scan on to ``q + _NODE_SCAN`` and
+    # keep the lowest rank, with the fewest nodes for it (rank sets the product's cost, q the features').
+    q = max(3, math.ceil(6.0 * b) + 2)
+    best: np.ndarray | None = None
+    last = _MAX_NODES
+    while q <= min(last, _MAX_NODES):
         w = _try_nodes(b, q, tol, grid, exact, centred)
+        if w is not None and centred and anchor_coefficients(b, q, tol / 8.0) is None:
+            w = None  # the anchors, summed from the same nodes' series (centred_side), need more
         if w is not None:
-            return w
-        q += 2 + q // 8
-    return None
+            if best is None:
+                last = q + _NODE_SCAN
+            if best is None or w.shape[1] < best.shape[1]:
+                best = w
+        q += 1 if best is not None or q < 24 else 2 + q // 8
+    return best
+
+
+@lru_cache(maxsize=256)
+def anchor_coefficients(b: float, q: int, tol: float) -> np.ndarray | None:
+    """Chebyshev coefficients ``(q,)`` of ``g(s) = 1 - exp(-b^2 s^2)`` on ``[-1, 1]`` within ``tol``, or None.
+
+    Interpolation at the ``q`` Chebyshev points of a :func:`basis` of ``q`` terms, checked on a
+    dense grid. ``g`` is the centred expansion's anchor ``k(p, 0) = 1 - g``, a restriction of the
+    kernel the basis already resolves, so the same ``q`` is enough (None otherwise: the caller
+    then sums the anchors exactly).
+    """
+    nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)
+    to_coef = 2.0 / q * _cheb(nodes, q).T
+    to_coef[0] /= 2.0
+    coef = to_coef @ -np.expm1(-((b * nodes) ** 2))
+    grid = np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
+    err = float(np.max(np.abs(_cheb(grid, q) @ coef + np.expm1(-((b * grid) ** 2)))))
+    return coef if err <= tol else None
 
 
 def anchor_sums(v: Array, sigma: float, xp: Any) -> Array:
@@ -160,7 +190,7 @@ def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -
     n, n_edges = t.shape
     q, r = w.shape
     if q >= 2 and isinstance(t, np.ndarray) and _numba.available():
-        return _numba.cheb_features(t, w)
+        return _numba.cheb_features(t, w)[0]
     wx = xp.asarray(w, dtype=t.dtype, device=device(t))
     rows = max(1, block // max(1, n_edges * q))
     parts = []
@@ -176,8 +206,30 @@ def features_scaled(t: Array, w: np.ndarray, xp: Any, *, block: int = 1 << 22) -
     return xp.reshape(xp.permute_dims(xp.reshape(phi, (n, n_edges, r)), (0, 2, 1)), (n, r * n_edges))
 
 
+def centred_side(
+    x: Array, centre: Array, b: float, scale: float, w: np.ndarray, sigma: float, tol: float, xp: Any
+) -> tuple[Array, Array]:
+    """Features of the centred kernel and anchor sums for one side: ``(phi (n, r E), F (n,) float64)``.
+
+    ``x`` ``(n, E)`` raw values, ``centre`` ``(E,)``, ``b`` the basis' bound key, ``scale = b
+    sqrt(sigma)``; ``F[a] = sum_e exp(-(x[a, e] - c_e)^2 / sigma)``. NumPy with Numba: one fused
+    pass on one thread (features, and the anchors from their Chebyshev series, each term within
+    ``tol / 8``; one thread because the product that follows keeps BLAS workers spinning);
+    otherwise :func:`features_scaled` and the exact :func:`anchor_sums`.
+    """
+    n_edges = x.shape[1]
+    if isinstance(x, np.ndarray) and w.shape[0] >= 2 and _numba.available():
+        coef = anchor_coefficients(b, w.shape[0], tol / 8.0)
+        if coef is not None:
+            phi, g = _numba.cheb_features(x, w, centre=centre, inv_scale=1.0 / scale, anchor_coef=coef, parallel=False)
+            assert g is not None  # returned whenever anchor_coef is given
+            return phi, float(n_edges) - g
+    v = x - centre
+    return features_scaled(xp.clip(v / scale, -1.0, 1.0), w, xp), anchor_sums(v, sigma, xp)
+
+
 def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Array | None = None,
-            shift: float = 0.0) -> Array:
+            shift: float = 0.0, overwrite: bool = False) -> Array:
     """``px @ py^T (+ row[:, None] + col[None, :] + shift)`` with the mean feature split off.
 
     ``row`` ``(n,)`` and ``col`` ``(m,)`` are float64 (the centred expansion's exact terms).
@@ -186,21 +238,33 @@ def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Arr
     features, and a float32 product of length ``E r`` would lose ``~sqrt(E r) eps`` of the large
     common part to rounding; here that part is summed in float64 and only the small ``dx dy^T``
     is rounded in float32; beyond ``FLOAT32_MAX_LENGTH`` even that is summed in float64 (its
-    rounding grows with the length). Float64 inputs skip the split. Cost: one ``2 n m E r`` product plus
-    ``O((n + m) E r + n m)``.
+    rounding grows with the length). Float64 inputs skip the split. ``overwrite``: ``px`` and
+    ``py`` may be used as scratch (NumPy). Cost: one ``2 n m E r`` product plus
+    ``O((n + m) E r + n m)``; on NumPy with Numba no temporaries beyond the ``(n, m)`` result.
     """
+    outer = isinstance(px, np.ndarray) and _numba.available()  # the float64 epilogue in place, compiled
     if px.dtype == xp.float64:
         full = px @ xp.permute_dims(py, (1, 0))
-        return full if row is None or col is None else full + (row[:, None] + (col + shift)[None, :])
+        if row is None or col is None:
+            return full
+        return _numba.add_outer(full, row, col + shift) if outer else full + (row[:, None] + (col + shift)[None, :])
     mu = (xp.sum(px, axis=0) + xp.sum(py, axis=0)) / float(px.shape[0] + py.shape[0])
-    dx, dy = px - mu, py - mu
-    if px.shape[1] > FLOAT32_MAX_LENGTH:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
+    long = px.shape[1] > FLOAT32_MAX_LENGTH
+    if overwrite and outer and not long:
+        px -= mu
+        py -= mu
+        dx, dy = px, py
+    else:
+        dx, dy = px - mu, py - mu
+    if long:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
         dx, dy, mu = xp.astype(dx, xp.float64), xp.astype(dy, xp.float64), xp.astype(mu, xp.float64)
-    core = xp.astype(dx @ xp.permute_dims(dy, (1, 0)), xp.float64)
+    core = dx @ xp.permute_dims(dy, (1, 0))
     mu64 = xp.astype(mu, xp.float64)
     r_vec = xp.astype(dx @ mu, xp.float64) + xp.sum(mu64 * mu64)  # (n,), small terms: float32 is enough
     c_vec = xp.astype(dy @ mu, xp.float64)
     if row is not None and col is not None:
         r_vec, c_vec = r_vec + row, c_vec + (col + shift)
-    full = core + r_vec[:, None] + c_vec[None, :]
+    if outer:
+        return xp.astype(_numba.add_outer(core, r_vec, c_vec), px.dtype, copy=False)
+    full = xp.astype(core, xp.float64) + r_vec[:, None] + c_vec[None, :]
     return xp.astype(full, px.dtype)
