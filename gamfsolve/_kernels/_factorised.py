@@ -83,16 +83,27 @@ def _kernel(b: float, s: np.ndarray, t: np.ndarray, centred: bool) -> np.ndarray
     return k
 
 
+def _nodes(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``q`` Chebyshev points of the first kind on [-1, 1] and the ``(q, q)`` map values -> coefficients."""
+    nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)
+    to_coef = 2.0 / q * _cheb(nodes, q).T
+    to_coef[0] /= 2.0
+    return nodes, to_coef
+
+
+def _grid(b: float) -> np.ndarray:
+    """The dense check grid on [-1, 1] for a bound ``b`` (finer for wider kernels)."""
+    return np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
+
+
 def _try_nodes(b: float, q: int, tol: float, grid: np.ndarray, exact: np.ndarray, centred: bool) -> np.ndarray | None:
     """The smallest-rank basis ``(q, r)`` from ``q`` Chebyshev nodes meeting ``tol / 2`` on ``grid``.
 
     On the grid, error <= (error of the full rank-``q`` interpolant, measured) + (sum of the
     dropped ``|lambda_k| max_g (v_k . T(g))^2``, a bound on what truncation adds).
     """
-    nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)  # Chebyshev points of the first kind on [-1, 1]
+    nodes, to_coef = _nodes(q)
     vals = _kernel(b, nodes, nodes, centred)
-    to_coef = 2.0 / q * _cheb(nodes, q).T  # values at the nodes -> Chebyshev coefficients
-    to_coef[0] /= 2.0
     coef = to_coef @ vals @ to_coef.T
     lam, vec = np.linalg.eigh((coef + coef.T) / 2.0)
     order = np.argsort(-lam)
@@ -127,7 +138,7 @@ def basis(b: float, tol: float, centred: bool = False) -> np.ndarray | None:
     """
     if b > max_bound(MAX_RANK) * 1.2:
         return None
-    grid = np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
+    grid = _grid(b)
     exact = _kernel(b, grid, grid, centred)
     # The first q that passes can leave a rank one or two above what a few more nodes give (the
     # interpolation error then leaves less room for truncation): scan on to ``q + _NODE_SCAN`` and
@@ -157,11 +168,9 @@ def anchor_coefficients(b: float, q: int, tol: float) -> np.ndarray | None:
     kernel the basis already resolves, so the same ``q`` is enough (None otherwise: the caller
     then sums the anchors exactly).
     """
-    nodes = np.cos(np.pi * (np.arange(q) + 0.5) / q)
-    to_coef = 2.0 / q * _cheb(nodes, q).T
-    to_coef[0] /= 2.0
+    nodes, to_coef = _nodes(q)
     coef = to_coef @ -np.expm1(-((b * nodes) ** 2))
-    grid = np.linspace(-1.0, 1.0, 48 + int(48 * math.ceil(b)))
+    grid = _grid(b)
     err = float(np.max(np.abs(_cheb(grid, q) @ coef + np.expm1(-((b * grid) ** 2)))))
     return coef if err <= tol else None
 
@@ -219,7 +228,7 @@ def centred_side(
     """
     n_edges = x.shape[1]
     if isinstance(x, np.ndarray) and w.shape[0] >= 2 and _numba.available():
-        coef = anchor_coefficients(b, w.shape[0], tol / 8.0)
+        coef = anchor_coefficients(b, w.shape[0], tol_key(tol) / 8.0)  # the check basis() made: a cache hit
         if coef is not None:
             phi, g = _numba.cheb_features(x, w, centre=centre, inv_scale=1.0 / scale, anchor_coef=coef, parallel=False)
             assert g is not None  # returned whenever anchor_coef is given
