@@ -21,6 +21,7 @@ import numpy as np
 
 from . import METHODS, conv, dense, make_spec, match, norm, permute
 from ._spec import PermutationSpec
+from ._xp import to_host
 
 __all__ = ["ARCHS", "planted", "run_case"]
 
@@ -121,11 +122,15 @@ def planted(
 
 def alignment_error(models: list[dict[str, np.ndarray]], spec: PermutationSpec, result: Any) -> float:
     """``max_k ||align(model_k) - align(model_0)|| / ||model_0||``; about ``noise`` when recovered."""
-    ref = permute(models[0], spec, result.model_perms(0))
+
+    def perms(k: int) -> dict[str, np.ndarray]:
+        return {g: to_host(p) for g, p in result.model_perms(k).items()}
+
+    ref = permute(models[0], spec, perms(0))
     norm0 = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in ref.values()))
     worst = 0.0
     for k in range(1, len(models)):
-        al = permute(models[k], spec, result.model_perms(k))
+        al = permute(models[k], spec, perms(k))
         d = np.sqrt(sum(float(np.sum((al[n].astype(np.float64) - ref[n]) ** 2)) for n in ref))
         worst = max(worst, d / norm0)
     return worst
@@ -137,13 +142,23 @@ def _rss_mib() -> float:
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """One end-to-end match: ``{"arch", "n_models", "scale", "method", "options", "seed"}``."""
+    """One end-to-end match: ``{"arch", "n_models", "scale", "method", "options", "seed"[, "backend"]}``.
+
+    With a ``backend`` other than NumPy the models are moved to it (and its device) before the
+    clock starts; the alignment error is read on the host.
+    """
+    from .bench import backend_tools
+
     if case["method"] not in METHODS:
         return {**case, "status": "n/a"}
     models, spec = planted(case["arch"], case.get("n_models", 2), scale=case.get("scale", 1), seed=case["seed"])
+    convert, sync = backend_tools(case.get("backend", "numpy"))
+    inputs = [{k: convert(v) for k, v in m.items()} for m in models]
+    sync()
     before = _rss_mib()
     start, cpu = time.perf_counter(), time.process_time()
-    result = match(models, spec, method=case["method"], seed=case["seed"], **case.get("options", {}))
+    result = match(inputs, spec, method=case["method"], seed=case["seed"], **case.get("options", {}))
+    sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         **case,

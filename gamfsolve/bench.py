@@ -1,7 +1,7 @@
 """Benchmarks: every figure measured side by side in one run, with ratios.
 
-``python -m gamfsolve bench [--quick] [--json] [--sections kernels,e2e,many]`` (or ``python -m
-gamfsolve.bench``). Fixed seeds, synthetic planted models, no data. Times are the minimum over
+``python -m gamfsolve bench [--quick] [--json] [--sections kernels,e2e,many] [--backend NAME]`` (or
+``python -m gamfsolve.bench``). Fixed seeds, synthetic planted models, no data. Times are the minimum over
 repeats (the machines are shared); errors are ``max |R - R_exact| / max |R_exact|`` with
 ``R_exact`` the exact kernel in float64 on the same (rounded) inputs.
 
@@ -12,6 +12,10 @@ exact Numba);
 ``e2e`` (two planted models, MLP / VGG11 / ResNet-20x4, every method, one fresh process per
 case for its peak memory); ``many`` (N = 2..16 MLPs 784-256-256-256-10, GAMF in the universe,
 time per outer iteration). ``--quick`` divides the widths by 4 (kernels) or 8 (models).
+
+``--backend`` runs every case on another array library: ``numpy`` (default), ``torch`` (CPU),
+``torch_cuda`` or ``cupy`` (GPU; timings synchronise the device). Off NumPy there is no Numba
+kernel and the ratios are taken against the exact ``matmul`` kernel instead.
 """
 
 from __future__ import annotations
@@ -41,11 +45,38 @@ E2E_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def _best(func: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+BACKENDS = ("numpy", "torch", "torch_cuda", "cupy")
+
+
+def backend_tools(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[], None]]:
+    """``(convert, sync)`` for a backend: NumPy array -> that library's array (on its device), and
+    a call that waits for the device's queued work (a no-op on the host)."""
+    if name == "numpy":
+        return (lambda a: a), (lambda: None)
+    if name in ("torch", "torch_cuda"):
+        import torch
+
+        if name == "torch":
+            return torch.from_numpy, (lambda: None)
+        if not torch.cuda.is_available():
+            raise SystemExit("gamfsolve bench: --backend torch_cuda needs a CUDA device, and torch sees none")
+        return (lambda a: torch.from_numpy(np.ascontiguousarray(a)).cuda()), torch.cuda.synchronize
+    if name == "cupy":
+        import cupy
+
+        if not cupy.is_available():
+            raise SystemExit("gamfsolve bench: --backend cupy needs a CUDA device, and CuPy sees none")
+        return cupy.asarray, cupy.cuda.Device().synchronize
+    raise SystemExit(f"gamfsolve bench: unknown backend {name!r}; choose one of {list(BACKENDS)}")
+
+
+def _best(func: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
     best, out = float("inf"), None
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         out = func()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -74,6 +105,25 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+def _device_info(backend: str) -> dict[str, Any]:
+    """The accelerator a GPU backend runs on (name, library versions)."""
+    if backend == "torch_cuda":
+        import torch
+
+        return {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
+    if backend == "cupy":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return {"device": name, "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+    if backend == "torch":
+        import torch
+
+        return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {}
+
+
 def _kernel_cases(quick: bool) -> list[tuple[str, tuple[int, int, int]]]:
     n = 128 if quick else 512
     return [
@@ -83,10 +133,14 @@ def _kernel_cases(quick: bool) -> list[tuple[str, tuple[int, int, int]]]:
     ]
 
 
-def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def bench_kernels(quick: bool, log: Callable[[str], None], backend: str = "numpy") -> list[dict[str, Any]]:
     """Section (i): time and error of every kernel, per shape, dtype and weight scale."""
     from ._kernels import _dispatch, factorised_rank
     from ._kernels._numba import available, edge_affinity_numba
+    from ._xp import to_host
+
+    convert, sync = backend_tools(backend)
+    numba_ok = available() and backend == "numpy"
 
     rows = []
     repeat = 2 if quick else 3
@@ -104,18 +158,19 @@ def bench_kernels(quick: bool, log: Callable[[str], None]) -> list[dict[str, Any
                 )
                 peak = float(np.max(np.abs(exact)))
                 row: dict[str, Any] = {"case": label, "dtype": np.dtype(dtype).name, "scale": scale,
-                                       "rank": factorised_rank(x, y, 1.0, rtol=1e-6)}
+                                       "rank": factorised_rank(x, y, 1.0, rtol=1e-6), "backend": backend}
+                xb, yb = convert(x), convert(y)
                 for name in KERNEL_NAMES:
                     if name == "reference" and 64 * n * e * d * 8 > 2**28:
                         row[name] = None  # its (64, n, E, D) float64 temporaries exceed 256 MiB
                         continue
-                    if name == "numba" and not available():
+                    if name == "numba" and not numba_ok:
                         row[name] = None
                         continue
-                    _dispatch(x, y, 1.0, name, 1e-6)  # warm up: compile, build bases
-                    run: Callable[[], Any] = partial(_dispatch, x, y, 1.0, name, 1e-6)
-                    t, (r, used) = _best(run, repeat)
-                    err = float(np.max(np.abs(r.astype(np.float64) - exact))) / peak
+                    _dispatch(xb, yb, 1.0, name, 1e-6)  # warm up: compile, build bases
+                    run: Callable[[], Any] = partial(_dispatch, xb, yb, 1.0, name, 1e-6)
+                    t, (r, used) = _best(run, repeat, sync)
+                    err = float(np.max(np.abs(to_host(r).astype(np.float64) - exact))) / peak
                     row[name] = {"time_s": t, "rel_err": err, "used": used}
                 rows.append(row)
                 log(_kernel_line(row))
@@ -152,23 +207,24 @@ def bench_gemm_floor(quick: bool, log: Callable[[str], None]) -> list[dict[str, 
 def _kernel_line(row: dict[str, Any]) -> str:
     rank = row.get("rank")
     cells = [f"{row['case']:<36} {row['dtype']:<7} {row['scale']:>5} {'-' if rank is None else rank:>3}"]
-    base = (row.get("numba") or {}).get("time_s")
+    base = (row.get("numba") or row.get("matmul") or {}).get("time_s")  # off NumPy: vs the exact matmul
     for name in KERNEL_NAMES:
         c = row.get(name)
         if c is None:
-            cells.append(f"{'n/a':>27}")
+            cells.append(f"{'n/a':>28}")
             continue
         ratio = f"{base / c['time_s']:5.1f}x" if base else "   - "
         tag = "" if c["used"] == name or name == "auto" else "*"
         if name == "auto":
             tag = {"factorised": "f", "numba": "n", "matmul": "m", "reference": "r"}[c["used"]]
-        cells.append(f"{c['time_s'] * 1e3:8.1f}ms {ratio} {c['rel_err']:7.1e}{tag:1}")
+        cells.append(f"{c['time_s'] * 1e3:9.2f}ms {ratio} {c['rel_err']:7.1e}{tag:1}")
     return " ".join(cells)
 
 
-def _kernel_header() -> str:
+def _kernel_header(backend: str = "numpy") -> str:
     head = f"{'case':<36} {'dtype':<7} {'scale':>5} {'r':>3}"
-    return head + "".join(f" {name + ' (ms, vs numba, err)':>27}" for name in KERNEL_NAMES)
+    base = "numba" if backend == "numpy" else "matmul"
+    return head + "".join(f" {name + f' (ms, vs {base}, err)':>28}" for name in KERNEL_NAMES)
 
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -211,7 +267,7 @@ CASE_HEADER = (
 )
 
 
-def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float) -> list[dict[str, Any]]:
+def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: str = "numpy") -> list[dict[str, Any]]:
     """Sections (ii) and (iv): two planted models per architecture, every method, own process."""
     rows = []
     for arch in ("mlp", "vgg11", "resnet20x4"):
@@ -224,6 +280,7 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float) -> list[d
                 "method": method,
                 "options": options,
                 "seed": 0,
+                "backend": backend,
             }
             r = _subprocess_case(case, timeout)
             if method == "weight_matching" and r.get("status") == "ok":
@@ -233,7 +290,7 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float) -> list[d
     return rows
 
 
-def bench_many(quick: bool, log: Callable[[str], None], timeout: float) -> list[dict[str, Any]]:
+def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend: str = "numpy") -> list[dict[str, Any]]:
     """Section (iii): N models of the MLP, GAMF in the universe, time per outer iteration."""
     rows = []
     for n_models in (2, 4, 8, 16):
@@ -250,6 +307,7 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float) -> list[
                 "method": method,
                 "options": options,
                 "seed": 0,
+                "backend": backend,
             }
             r = _subprocess_case(case, timeout)
             rows.append(r)
@@ -263,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--sections", default="kernels,e2e,many", help="comma-separated: kernels, e2e, many")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per end-to-end case")
+    p.add_argument("--backend", default="numpy", choices=BACKENDS,
+                   help="array library of every case: numpy (default), torch (CPU), torch_cuda, cupy (GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS/OpenMP/Numba threads of every e2e/many case process (default: the library defaults)")
     return p
@@ -280,25 +340,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     _THREADS[0] = args.threads
-    report: dict[str, Any] = {"machine": _machine(), "quick": args.quick, "threads": args.threads,
-                              "argv": list(argv or [])}
+    backend_tools(args.backend)  # refuse a GPU backend without a device before any work
+    report: dict[str, Any] = {"machine": {**_machine(), **_device_info(args.backend)}, "backend": args.backend,
+                              "quick": args.quick, "threads": args.threads, "argv": list(argv or [])}
     log(f"machine: {report['machine']}")
+    log(f"backend: {args.backend}")
     if "kernels" in sections:
-        log("\n(i) edge affinity, one layer: time, speed-up vs exact Numba, max rel. error vs exact")
+        base = "exact Numba" if args.backend == "numpy" else "exact matmul"
+        log(f"\n(i) edge affinity, one layer: time, speed-up vs {base}, max rel. error vs exact")
         log("    (* = fell back to an exact kernel; auto: f/n/m = factorised/numba/matmul chosen)")
-        log(_kernel_header())
-        report["kernels"] = bench_kernels(args.quick, log)
-        log("\n(i') the floor of a rank-r feature map: one float32 (n, E r) @ (E r, m) product vs exact Numba")
-        report["gemm_floor"] = bench_gemm_floor(args.quick, log)
+        log(_kernel_header(args.backend))
+        report["kernels"] = bench_kernels(args.quick, log, args.backend)
+        if args.backend == "numpy":
+            log("\n(i') the floor of a rank-r feature map: one float32 (n, E r) @ (E r, m) product vs exact Numba")
+            report["gemm_floor"] = bench_gemm_floor(args.quick, log)
     if "e2e" in sections:
         log("\n(ii)+(iv) two planted models (permuted copy + 1% noise): match time, peak memory")
         log("    align err = ||align(B) - A|| / ||A||: ~0.01 when the planted permutation is found")
         log(CASE_HEADER)
-        report["e2e"] = bench_e2e(args.quick, log, args.timeout)
+        report["e2e"] = bench_e2e(args.quick, log, args.timeout, args.backend)
     if "many" in sections:
         log("\n(iii) N planted MLPs: time per outer iteration (solver time / iterations)")
         log(CASE_HEADER)
-        report["many"] = bench_many(args.quick, log, args.timeout)
+        report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
     report["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"load average at the end: {report['load_avg_end']}")
     if args.json:

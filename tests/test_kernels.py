@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BACKENDS as CONVERT
+from conftest import _gpu_ok, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,28 +33,20 @@ xps = pytest.importorskip("array_api_strict")
 
 RTOL = 1e-6
 EXACT = ("reference", "numba", "matmul")
-BACKENDS = ("numpy", "numpy_readonly", "array_api_strict", "torch")
+GPU = ("cupy", "torch_cuda")  # skipped without a CUDA device
+BACKENDS = ("numpy", "numpy_readonly", "array_api_strict", "torch", *GPU)
+OTHER_BACKENDS = ("array_api_strict", "torch", *GPU)
 HAS_NUMBA = _numba.available()
 
 
 def _to(backend: str, a: np.ndarray):
-    if backend == "numpy":
-        return a.copy()
-    if backend == "numpy_readonly":
-        b = a.copy()
-        b.flags.writeable = False
-        return b
-    if backend == "array_api_strict":
-        return xps.asarray(a)
-    return torch.asarray(a)
+    if backend in GPU and not _gpu_ok(backend):
+        pytest.skip(f"{backend}: no GPU here")
+    return CONVERT[backend](a)
 
 
 def _host(r) -> np.ndarray:
-    if isinstance(r, np.ndarray):
-        return r
-    if isinstance(r, torch.Tensor):
-        return r.numpy()
-    return np.asarray(r)
+    return to_numpy(r)
 
 
 def _runs(kernel: str, backend: str) -> bool:
@@ -86,7 +80,9 @@ def test_type_dtype_device_follow_input(backend: str, kernel: str, dtype: type) 
     assert type(r) is type(xb)
     assert r.dtype == xb.dtype
     assert tuple(r.shape) == (5, 4)
-    if backend == "torch":
+    if backend.startswith("torch"):
+        assert r.device == xb.device
+    if backend == "cupy":
         assert r.device == xb.device
     exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.0)
     np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
@@ -107,7 +103,7 @@ def test_every_scale_numpy(scale: float, kernel: str, dtype: type, dim: int) -> 
     np.testing.assert_allclose(r, exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
 
 
-@pytest.mark.parametrize("backend", ["array_api_strict", "torch"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7, 1.0, 3.0])
 @pytest.mark.parametrize("kernel", ["factorised", "matmul", "auto"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -121,7 +117,7 @@ def test_every_scale_other_backends(backend: str, scale: float, kernel: str, dty
     np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", *OTHER_BACKENDS])
 @pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7])
 def test_factorised_float32_long_sums(backend: str, scale: float) -> None:
     """Float32, 2048 edges: the length-``E r`` products keep ``rtol`` (mean split, float64 constant part)."""
@@ -133,7 +129,7 @@ def test_factorised_float32_long_sums(backend: str, scale: float) -> None:
     assert np.max(np.abs(_host(r).astype(np.float64) - exact)) <= (RTOL + 8 * np.finfo(np.float32).eps) * np.max(exact)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", *GPU])
 def test_factorised_float32_very_long_sums(backend: str) -> None:
     """Fan-in 4608 at scale 1 (``E r ~ 120 000``): float32 accumulation alone lost 1.1e-6; now float64."""
     x, y = _pair(24, 24, 4608, 1, 1.0, seed=8)
