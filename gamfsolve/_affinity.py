@@ -18,7 +18,7 @@ from ._errors import FusionError
 from ._features import Feature, edge_dims
 from ._kernels import edge_affinity
 from ._spec import PermutationSpec
-from ._xp import device
+from ._xp import clip, device
 
 __all__ = ["AFFINITIES", "group_affinity", "map_columns", "param_sigmas", "standardize"]
 
@@ -53,7 +53,7 @@ def _sqdist(x: Array, y: Array, xp: Any) -> Array:
     """``||x[a] - y[b]||^2`` for rows of ``x`` (n, F) and ``y`` (m, F), via one matrix product."""
     nx = xp.sum(x * x, axis=1)[:, None]
     ny = xp.sum(y * y, axis=1)[None, :]
-    return xp.clip(nx + ny - 2.0 * (x @ y.T), 0.0, None)
+    return clip(nx + ny - 2.0 * (x @ y.T), 0.0, None, xp)
 
 
 def group_affinity(

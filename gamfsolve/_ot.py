@@ -19,6 +19,7 @@ from ._features import unit_features
 from ._result import MatchResult
 from ._spec import PermutationSpec, segments_of
 from ._validate import Checked
+from ._xp import clip
 
 __all__: list[str] = []
 
@@ -58,7 +59,7 @@ def _ot(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: C
                 sq = (x * x) @ p0.T + pk @ (ref * ref).T - 2.0 * (x @ ref.T)
             else:
                 sq = xp.sum(x * x, axis=1)[:, None] + xp.sum(ref * ref, axis=1)[None, :] - 2.0 * (x @ ref.T)
-            costs.append(-xp.sqrt(xp.clip(sq, 0.0, None)))
+            costs.append(-xp.sqrt(clip(sq, 0.0, None, xp)))
         live = [checked.live(k, g, partner=0) for k in range(1, len(models))]
         for k, p in enumerate(hungarian(costs, xp, live=live), start=1):
             maps[k][g] = p

@@ -9,7 +9,7 @@ from array_api_compat import array_namespace, device, is_array_api_obj
 
 from ._errors import FusionTypeError
 
-__all__ = ["device", "namespace", "to_host", "from_host", "is_floating"]
+__all__ = ["clip", "device", "from_host", "is_floating", "namespace", "on_accelerator", "to_host"]
 
 Array = Any
 
@@ -50,3 +50,31 @@ def to_host(x: Array) -> np.ndarray:
 def from_host(a: np.ndarray, xp: Any, like: Array) -> Array:
     """Move a host array into ``xp`` on the device of ``like``."""
     return xp.asarray(a, device=device(like))
+
+
+def on_accelerator(x: Array) -> bool:
+    """True when ``x`` lives on an accelerator (CuPy, torch CUDA/MPS, any device named cuda/gpu).
+
+    Kernels use it to pick block sizes: on a GPU each array operation costs a launch, so fewer,
+    larger blocks pay; on the host, blocks that stay in cache do.
+    """
+    if isinstance(x, np.ndarray):
+        return False
+    mod = type(x).__module__.split(".")[0]
+    if mod == "cupy":
+        return True
+    if mod == "torch":
+        return x.device.type != "cpu"
+    name = str(device(x)).lower()
+    return "cuda" in name or "gpu" in name
+
+
+def clip(x: Array, lo: float | None, hi: float | None, xp: Any) -> Array:
+    """``xp.clip(x, lo, hi)``, by the library's own method for NumPy, CuPy and PyTorch.
+
+    (array-api-compat's CuPy ``clip`` is generic Python code: about 0.4 ms a call on an H100
+    machine against 16 us for ``cupy.clip``; it sits on the kernels' hot paths.)
+    """
+    if type(x).__module__.split(".")[0] in ("numpy", "cupy", "torch"):
+        return x.clip(lo, hi)
+    return xp.clip(x, lo, hi)

@@ -41,3 +41,17 @@ def test_torch_dtype_and_device_kept(dtype):
     tmodels = [{k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in m.items()} for m in models]
     fused = g.fuse(tmodels, spec, method="gamf", seed=0)
     assert all(v.dtype == getattr(torch, dtype) and v.device.type == "cpu" for v in fused.values())
+
+
+def test_clip_and_accelerator_flag(to_backend):
+    """The kernels' clip (the library's own method where it has one) and the block-size switch."""
+    from array_api_compat import array_namespace
+
+    from gamfsolve._xp import clip, on_accelerator
+
+    x = to_backend(np.array([-2.0, -0.5, 0.0, 0.5, 2.0]))
+    xp = array_namespace(x)
+    np.testing.assert_array_equal(to_numpy(clip(x, 0.0, None, xp)), [0.0, 0.0, 0.0, 0.5, 2.0])
+    np.testing.assert_array_equal(to_numpy(clip(x, -1.0, 1.0, xp)), [-1.0, -0.5, 0.0, 0.5, 1.0])
+    assert type(clip(x, 0.0, None, xp)) is type(x)
+    assert on_accelerator(x) == (type(x).__module__.startswith("cupy") or str(getattr(x, "device", "")).startswith("cuda"))

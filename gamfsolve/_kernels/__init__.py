@@ -41,7 +41,9 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     the map pays only for ``r <= AUTO_MAX_RANK_NUMBA`` on layers at least ``AUTO_MIN_SIDE_NUMBA``
     wide: the vectorised Numba kernel costs about 0.7 CPU cycle per ``(a, b, e)`` and a float32
     matrix product about ``r / 24``, plus the features (measured crossover ``r ~ 5-7`` at 512 x
-    512 x 512, ``r ~ 4-6`` at 256, ``r ~ 3`` at 128). Against ``"matmul"`` (other backends) it pays up to ``r = AUTO_MAX_RANK``.
+    512 x 512, ``r ~ 4-6`` at 256, ``r ~ 3`` at 128). Against ``"matmul"`` on the host (torch CPU,
+    array-api-strict) it pays up to ``r = AUTO_MAX_RANK``; on a GPU, where ``"matmul"`` is cheap, up
+    to ``AUTO_MAX_RANK_GPU``.
 
 ``edge_features(x, sigma, bound=...)`` exposes the factorised kernel's feature map, so that
 sums over many models move inside one product (see its docstring for the contract).
@@ -55,12 +57,20 @@ from typing import Any
 import numpy as np
 
 from .._errors import FusionError
-from .._xp import is_floating, namespace
+from .._xp import clip, is_floating, namespace, on_accelerator
 from . import _factorised, _numba
 from ._matmul import edge_affinity_matmul
 from ._reference import edge_affinity_reference
 
-__all__ = ["AUTO_MAX_RANK", "AUTO_MAX_RANK_NUMBA", "KERNELS", "edge_affinity", "edge_features", "factorised_rank"]
+__all__ = [
+    "AUTO_MAX_RANK",
+    "AUTO_MAX_RANK_GPU",
+    "AUTO_MAX_RANK_NUMBA",
+    "KERNELS",
+    "edge_affinity",
+    "edge_features",
+    "factorised_rank",
+]
 
 Array = Any
 KERNELS = ("auto", "reference", "numba", "factorised", "matmul")
@@ -68,6 +78,10 @@ KERNELS = ("auto", "reference", "numba", "factorised", "matmul")
 # matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
 # edge_features uses this limit too (the many-model sums; see its docstring).
 AUTO_MAX_RANK = 40
+# On a GPU (H100, CuPy 14 and torch 2.11 CUDA, session 10) the exact matmul kernel is launch-bound and
+# cheap, so the map pays only while short: 512 x 512, fan-in 512 / 4608, factorised vs matmul, float32:
+# r = 2 1.1-13x, 5 1.4-5.9x, 9-10 1.2-3.9x, 25-27 0.5-1.0x (float64 alike). Crossover about r = 15.
+AUTO_MAX_RANK_GPU = 12
 # Against the vectorised exact Numba kernel (NumPy; FMA-contracted since session 9), float32, whole calls
 # on both cores, factorised / Numba speed-up with BLAS on two threads | on one (as inside gamf's solve):
 # 512 x 512 x 512: r = 3 2.1x | 1.5x, 4 1.7x | 1.2x, 5 1.5x | 1.0x, 6 1.1x | 0.76x, 7 1.0x | 0.71x;
@@ -138,7 +152,7 @@ def _auto_limit(x: Array, y: Array) -> int:
     """The largest rank at which ``"auto"`` takes the short map (0: never) for this input."""
     if isinstance(x, np.ndarray) and _numba.available():
         return AUTO_MAX_RANK_NUMBA if min(x.shape[0], y.shape[0]) >= AUTO_MIN_SIDE_NUMBA else 0
-    return AUTO_MAX_RANK
+    return AUTO_MAX_RANK_GPU if on_accelerator(x) else AUTO_MAX_RANK
 
 
 def factorised_rank(x: Array, y: Array, sigma: float, *, rtol: float = 1e-6) -> int | None:
@@ -261,5 +275,5 @@ def edge_features(
     w = _factorised.basis(key, _factorised.tol_key(rtol)) if key <= _factorised.max_bound(limit) * 1.2 else None
     if w is None or w.shape[1] > limit:
         return None
-    t = xp.clip(v / (key * math.sqrt(sigma)), -1.0, 1.0)
+    t = clip(v / (key * math.sqrt(sigma)), -1.0, 1.0, xp)
     return _factorised.features_scaled(t, w, xp)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import device
+from .._xp import clip, device
 from . import _numba
 
 __all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
@@ -234,7 +234,7 @@ def centred_side(
             assert g is not None  # returned whenever anchor_coef is given
             return phi, float(n_edges) - g
     v = x - centre
-    return features_scaled(xp.clip(v / scale, -1.0, 1.0), w, xp), anchor_sums(v, sigma, xp)
+    return features_scaled(clip(v / scale, -1.0, 1.0, xp), w, xp), anchor_sums(v, sigma, xp)
 
 
 def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Array | None = None,

@@ -8,7 +8,8 @@ sigma``; a caller that needs more asks for float64 (the ``auto`` kernel does).
 
 Cost: ``2 n m E D`` flops in the batched product, ``n m E`` calls of ``exp`` (vectorised by
 NumPy, PyTorch and CUDA), and ``4 n m E`` element operations; memory one block of ``(e_b, n,
-m)`` numbers at a time (``block`` numbers, default 4 Mi). For ``D = 1`` it is the reference with
+m)`` numbers at a time (``block`` numbers, default 4 Mi on the host, 32 Mi on an accelerator,
+where every array operation is a kernel launch and larger blocks mean fewer of them). For ``D = 1`` it is the reference with
 less memory traffic; for conv edges (``D = k*k``) it replaces ``3 D`` element operations per
 kernel value by matrix-product flops, leaving ``exp`` as the cost floor.
 """
@@ -16,6 +17,8 @@ kernel value by matrix-product flops, leaving ``exp`` as the cost floor.
 from __future__ import annotations
 
 from typing import Any
+
+from .._xp import clip, on_accelerator
 
 __all__ = ["edge_affinity_matmul"]
 
@@ -31,7 +34,7 @@ def _centred(x: Array, y: Array, xp: Any) -> tuple[Array, Array, Array, Array]:
 
 
 def edge_affinity_matmul(
-    x: Array, y: Array, sigma: float, xp: Any, *, rtol: float = 1e-6, block: int = 1 << 22
+    x: Array, y: Array, sigma: float, xp: Any, *, rtol: float = 1e-6, block: int | None = None
 ) -> Array:
     """Exact ``R[a, b] = sum_e exp(-||x[a, e] - y[b, e]||^2 / sigma)`` via batched products.
 
@@ -46,6 +49,8 @@ def edge_affinity_matmul(
     loss = xp.finfo(dtype).eps * 2.0 * float(xp.maximum(xp.max(nx), xp.max(ny))) / sigma
     if loss > rtol / 4 and dtype != xp.float64:  # centre and expand in float64 instead
         xe, ye, nx, ny = _centred(xp.astype(x, xp.float64), xp.astype(y, xp.float64), xp)
+    if block is None:
+        block = 1 << 25 if on_accelerator(x) else 1 << 22
     step = max(1, block // max(1, n * m))
     inv = -1.0 / sigma
     out = None
@@ -53,6 +58,6 @@ def edge_affinity_matmul(
         sl = (slice(s, min(s + step, n_edges)), ...)
         d2 = xp.astype(nx[sl] + ny[sl] - 2.0 * xp.matmul(xe[sl], ye[sl]), dtype, copy=False)
         # float64 partial sums: E float32 terms summed in float32 would lose ~sqrt(E) eps.
-        term = xp.sum(xp.exp(xp.clip(d2, 0.0, None) * inv), axis=0, dtype=xp.float64)
+        term = xp.sum(xp.exp(clip(d2, 0.0, None, xp) * inv), axis=0, dtype=xp.float64)
         out = term if out is None else out + term
     return xp.astype(out, dtype, copy=False)
