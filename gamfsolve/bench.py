@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["main"]
 
 SCALES = (0.01, 0.1, 0.3, 1.0, 3.0)
-KERNEL_NAMES = ("reference", "numba", "matmul", "factorised", "auto")
+KERNEL_NAMES = ("reference", "numba", "cuda", "matmul", "factorised", "auto")
 E2E_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("average", {}),
     ("weight_matching", {}),
@@ -135,7 +135,7 @@ def _kernel_cases(quick: bool) -> list[tuple[str, tuple[int, int, int]]]:
 
 def bench_kernels(quick: bool, log: Callable[[str], None], backend: str = "numpy") -> list[dict[str, Any]]:
     """Section (i): time and error of every kernel, per shape, dtype and weight scale."""
-    from ._kernels import _dispatch, factorised_rank
+    from ._kernels import _cuda, _dispatch, factorised_rank
     from ._kernels._numba import available, edge_affinity_numba
     from ._xp import to_host
 
@@ -164,7 +164,7 @@ def bench_kernels(quick: bool, log: Callable[[str], None], backend: str = "numpy
                     if name == "reference" and 64 * n * e * d * 8 > 2**28:
                         row[name] = None  # its (64, n, E, D) float64 temporaries exceed 256 MiB
                         continue
-                    if name == "numba" and not numba_ok:
+                    if (name == "numba" and not numba_ok) or (name == "cuda" and not _cuda.supports(xb)):
                         row[name] = None
                         continue
                     _dispatch(xb, yb, 1.0, name, 1e-6)  # warm up: compile, build bases
@@ -216,7 +216,7 @@ def _kernel_line(row: dict[str, Any]) -> str:
         ratio = f"{base / c['time_s']:5.1f}x" if base else "   - "
         tag = "" if c["used"] == name or name == "auto" else "*"
         if name == "auto":
-            tag = {"factorised": "f", "numba": "n", "matmul": "m", "reference": "r"}[c["used"]]
+            tag = {"factorised": "f", "numba": "n", "cuda": "c", "matmul": "m", "reference": "r"}[c["used"]]
         cells.append(f"{c['time_s'] * 1e3:9.2f}ms {ratio} {c['rel_err']:7.1e}{tag:1}")
     return " ".join(cells)
 
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "kernels" in sections:
         base = "exact Numba" if args.backend == "numpy" else "exact matmul"
         log(f"\n(i) edge affinity, one layer: time, speed-up vs {base}, max rel. error vs exact")
-        log("    (* = fell back to an exact kernel; auto: f/n/m = factorised/numba/matmul chosen)")
+        log("    (* = fell back to an exact kernel; auto: f/n/c/m = factorised/numba/cuda/matmul chosen)")
         log(_kernel_header(args.backend))
         report["kernels"] = bench_kernels(args.quick, log, args.backend)
         if args.backend == "numpy":

@@ -18,6 +18,7 @@ from gamfsolve._kernels import (
     AUTO_MAX_RANK_NUMBA,
     AUTO_MIN_SIDE_NUMBA,
     KERNELS,
+    _cuda,
     _dispatch,
     _factorised,
     _numba,
@@ -50,6 +51,8 @@ def _host(r) -> np.ndarray:
 
 
 def _runs(kernel: str, backend: str) -> bool:
+    if kernel == "cuda":
+        return backend in GPU and _cuda.available()
     return kernel != "numba" or (backend.startswith("numpy") and HAS_NUMBA)
 
 
@@ -73,7 +76,7 @@ def _tol(dtype: np.dtype, exact: np.ndarray) -> float:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_type_dtype_device_follow_input(backend: str, kernel: str, dtype: type) -> None:
     if not _runs(kernel, backend):
-        pytest.skip("numba kernel needs NumPy input and Numba")
+        pytest.skip(f"{kernel} kernel does not take {backend} input here")
     x, y = (v.astype(dtype) for v in _pair(5, 4, 6, 1, 0.5))
     xb, yb = _to(backend, x), _to(backend, y)
     r = edge_affinity(xb, yb, 1.0, kernel=kernel)
@@ -105,10 +108,12 @@ def test_every_scale_numpy(scale: float, kernel: str, dtype: type, dim: int) -> 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("scale", [0.01, 0.1, 0.3, 0.7, 1.0, 3.0])
-@pytest.mark.parametrize("kernel", ["factorised", "matmul", "auto"])
+@pytest.mark.parametrize("kernel", ["factorised", "matmul", "auto", "cuda"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_scale_other_backends(backend: str, scale: float, kernel: str, dtype: type) -> None:
     """The accuracy claim at every weight scale the benchmark tests, on the non-NumPy backends."""
+    if not _runs(kernel, backend):
+        pytest.skip(f"{kernel} kernel does not take {backend} input here")
     x, y = _pair(12, 10, 30, 1, scale * np.sqrt(2.0), seed=3)
     x, y = x.astype(dtype), y.astype(dtype)
     exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 2.0)
@@ -252,7 +257,7 @@ def test_feature_map_per_edge_centre() -> None:
 
 def test_unknown_kernel_lists_valid_ones() -> None:
     x = np.zeros((2, 3, 1))
-    with pytest.raises(FusionError, match=r"unknown kernel 'fast'.*reference.*numba.*factorised.*matmul"):
+    with pytest.raises(FusionError, match=r"unknown kernel 'fast'.*reference.*numba.*cuda.*factorised.*matmul"):
         edge_affinity(x, x, 1.0, kernel="fast")
 
 
@@ -260,6 +265,30 @@ def test_numba_kernel_refuses_other_backends() -> None:
     x = torch.zeros((2, 3, 1))
     with pytest.raises(FusionError, match="NumPy"):
         edge_affinity(x, x, 1.0, kernel="numba")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "array_api_strict"])
+def test_cuda_kernel_refuses_host_arrays(backend: str) -> None:
+    x = _to(backend, np.zeros((2, 3, 1)))
+    with pytest.raises(FusionError, match="kernel 'cuda' needs CuPy arrays or torch CUDA tensors"):
+        edge_affinity(x, x, 1.0, kernel="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "m", "e", "d"), [(1, 1, 1, 1), (17, 33, 300, 1), (40, 9, 5, 9), (5, 6, 3, 128), (4, 4, 2, 129)])
+def test_cuda_kernel_shapes(backend: str, dtype: type, n: int, m: int, e: int, d: int) -> None:
+    """Tiles that do not divide the shapes, edge tiles of one and many edges, D at and past the tile limit."""
+    if not _runs("cuda", backend):
+        pytest.skip("needs CuPy and a CUDA device")
+    x, y = _pair(n, m, e, d, 0.4, seed=n + e)
+    x, y = x.astype(dtype), y.astype(dtype)
+    r, used = _dispatch(_to(backend, x), _to(backend, y), 1.7, "cuda", RTOL)
+    assert used == ("cuda" if d <= _cuda.MAX_D else "matmul")
+    assert type(r) is type(_to(backend, x)) and r.dtype == _to(backend, x).dtype and tuple(r.shape) == (n, m)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.7)
+    np.testing.assert_allclose(_host(r), exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
+    assert _dispatch(_to(backend, x), _to(backend, y), 1.7, "auto", RTOL)[1] in ("cuda", "matmul", "factorised")
 
 
 @pytest.mark.parametrize(
@@ -280,7 +309,7 @@ def test_invalid_input(x, y, sigma, match) -> None:
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_empty_and_identical(kernel: str) -> None:
     if not _runs(kernel, "numpy"):
-        pytest.skip("Numba not installed")
+        pytest.skip(f"{kernel} kernel does not take NumPy input here")
     assert edge_affinity(np.zeros((0, 3, 1)), np.zeros((2, 3, 1)), 1.0, kernel=kernel).shape == (0, 2)
     assert edge_affinity(np.zeros((2, 0, 1)), np.zeros((3, 0, 1)), 1.0, kernel=kernel).shape == (2, 3)
     x = np.full((3, 7, 2), 5.0)

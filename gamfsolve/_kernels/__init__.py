@@ -21,10 +21,16 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     Compiled loops, parallel over output rows (NumPy input only; Numba optional): ``n m E``
     ``exp`` by a polynomial that vectorises (no SVML needed), about 0.7 CPU cycle per
     ``(a, b, e)`` in float32.
+``"cuda"``
+    One fused CUDA kernel compiled by CuPy (:mod:`._cuda`): CuPy arrays or torch CUDA tensors
+    (through DLPack), ``D <= 128``. ``n m E`` ``expf``/``exp`` and ``3 n m E D`` flops in
+    registers and shared memory, float64 sums; no temporaries. The exact kernel on GPUs when
+    CuPy is installed.
 ``"matmul"``
     Squared distances as ``||x||^2 + ||y||^2 - 2 x.y`` per edge, batched as one
     ``(E, n, D) @ (E, D, m)`` product, then vectorised ``exp``: ``2 n m E D`` flops plus
-    ``n m E`` exp; any backend (the exact kernel on GPUs). The floor for ``D > 1``.
+    ``n m E`` exp; any backend (the exact kernel on GPUs without CuPy). The floor for ``D > 1``
+    on the host.
 ``"factorised"``
     ``D = 1`` only: a short separable expansion of the Gaussian with the lines through the
     centre taken out (Chebyshev interpolation, compressed to ``r`` eigen-features; see
@@ -34,7 +40,7 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     ``r`` depends on the spread of the weights in units of ``sqrt(sigma)``
     (``B = max half-range / sqrt(sigma)``): about 5 at ``B = 0.5``, 10 at 1.5, 18 at 3, 29 at
     5. Where no short map meets ``rtol`` (``r > 64``) or ``D > 1``, it computes exactly
-    instead (Numba for NumPy input, else ``"matmul"``).
+    instead (Numba for NumPy input, ``"cuda"`` on a GPU with CuPy, else ``"matmul"``).
 ``"auto"``
     ``"factorised"`` when ``D = 1`` and the short map is expected to beat the exact kernel
     that would answer instead, otherwise that exact kernel. Against exact Numba (NumPy input)
@@ -43,7 +49,7 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     matrix product about ``r / 24``, plus the features (measured crossover ``r ~ 5-7`` at 512 x
     512 x 512, ``r ~ 4-6`` at 256, ``r ~ 3`` at 128). Against ``"matmul"`` on the host (torch CPU,
     array-api-strict) it pays up to ``r = AUTO_MAX_RANK``; on a GPU, where ``"matmul"`` is cheap, up
-    to ``AUTO_MAX_RANK_GPU``.
+    to ``AUTO_MAX_RANK_GPU``; against the fused ``"cuda"`` kernel up to ``AUTO_MAX_RANK_CUDA``.
 
 ``edge_features(x, sigma, bound=...)`` exposes the factorised kernel's feature map, so that
 sums over many models move inside one product (see its docstring for the contract).
@@ -58,12 +64,13 @@ import numpy as np
 
 from .._errors import FusionError
 from .._xp import clip, is_floating, namespace, on_accelerator
-from . import _factorised, _numba
+from . import _cuda, _factorised, _numba
 from ._matmul import edge_affinity_matmul
 from ._reference import edge_affinity_reference
 
 __all__ = [
     "AUTO_MAX_RANK",
+    "AUTO_MAX_RANK_CUDA",
     "AUTO_MAX_RANK_GPU",
     "AUTO_MAX_RANK_NUMBA",
     "KERNELS",
@@ -73,7 +80,7 @@ __all__ = [
 ]
 
 Array = Any
-KERNELS = ("auto", "reference", "numba", "factorised", "matmul")
+KERNELS = ("auto", "reference", "numba", "cuda", "factorised", "matmul")
 # Against the exact "matmul" kernel (torch, array-api-strict, CuPy): torch CPU, 512 x 512 x 512 float32,
 # matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
 # edge_features uses this limit too (the many-model sums; see its docstring).
@@ -82,6 +89,9 @@ AUTO_MAX_RANK = 40
 # cheap, so the map pays only while short: 512 x 512, fan-in 512 / 4608, factorised vs matmul, float32:
 # r = 2 1.1-13x, 5 1.4-5.9x, 9-10 1.2-3.9x, 25-27 0.5-1.0x (float64 alike). Crossover about r = 15.
 AUTO_MAX_RANK_GPU = 12
+# Against the fused CUDA kernel: the map's dozens of launches cost more than the one fused launch at
+# every size measured (see BENCHMARKS.md, session 10), so auto takes the fused kernel.
+AUTO_MAX_RANK_CUDA = 0
 # Against the vectorised exact Numba kernel (NumPy; FMA-contracted since session 9), float32, whole calls
 # on both cores, factorised / Numba speed-up with BLAS on two threads | on one (as inside gamf's solve):
 # 512 x 512 x 512: r = 3 2.1x | 1.5x, 4 1.7x | 1.2x, 5 1.5x | 1.0x, 6 1.1x | 0.76x, 7 1.0x | 0.71x;
@@ -107,10 +117,17 @@ def _check_pair(x: Array, y: Array, sigma: float) -> Any:
     return xp
 
 
+def _fused_cuda(x: Array) -> bool:
+    """Whether the fused CUDA kernel takes this input (on a GPU through CuPy, edges of <= 128 numbers)."""
+    return x.shape[2] <= _cuda.MAX_D and _cuda.supports(x)
+
+
 def _exact(x: Array, y: Array, sigma: float, xp: Any, rtol: float) -> tuple[Array, str]:
-    """The fastest exact kernel for the input: Numba for NumPy when available, else ``matmul``."""
+    """The fastest exact kernel for the input: Numba for NumPy, the fused kernel on a GPU, else ``matmul``."""
     if isinstance(x, np.ndarray) and _numba.available():
         return _numba.edge_affinity_numba(x, y, sigma), "numba"
+    if _fused_cuda(x):
+        return _cuda.edge_affinity_cuda(x, y, sigma), "cuda"
     return edge_affinity_matmul(x, y, sigma, xp, rtol=rtol), "matmul"
 
 
@@ -152,7 +169,9 @@ def _auto_limit(x: Array, y: Array) -> int:
     """The largest rank at which ``"auto"`` takes the short map (0: never) for this input."""
     if isinstance(x, np.ndarray) and _numba.available():
         return AUTO_MAX_RANK_NUMBA if min(x.shape[0], y.shape[0]) >= AUTO_MIN_SIDE_NUMBA else 0
-    return AUTO_MAX_RANK_GPU if on_accelerator(x) else AUTO_MAX_RANK
+    if not on_accelerator(x):
+        return AUTO_MAX_RANK
+    return AUTO_MAX_RANK_CUDA if _fused_cuda(x) else AUTO_MAX_RANK_GPU
 
 
 def factorised_rank(x: Array, y: Array, sigma: float, *, rtol: float = 1e-6) -> int | None:
@@ -185,6 +204,15 @@ def _dispatch(x: Array, y: Array, sigma: float, kernel: str, rtol: float) -> tup
         if not _numba.available():
             raise FusionError("kernel 'numba' needs Numba, which is not installed: pip install numba")
         return _numba.edge_affinity_numba(x, y, sigma), "numba"
+    if kernel == "cuda":
+        if not _cuda.supports(x):
+            raise FusionError(
+                "kernel 'cuda' needs CuPy arrays or torch CUDA tensors (float32/float64) and CuPy with a CUDA "
+                f"device, got {type(x).__module__}.{type(x).__name__}"
+            )
+        if dim > _cuda.MAX_D:  # wider edges than its shared-memory tile: the batched products instead
+            return edge_affinity_matmul(x, y, sigma, xp, rtol=rtol), "matmul"
+        return _cuda.edge_affinity_cuda(x, y, sigma), "cuda"
     if kernel == "matmul":
         return edge_affinity_matmul(x, y, sigma, xp, rtol=rtol), "matmul"
     if dim == 1:
