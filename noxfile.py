@@ -1,4 +1,4 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, demo, ensemble.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, demo, ensemble.
 
 Sessions run the installed console script (`gamfsolve ...`), not `python -m gamfsolve`: the
 latter puts the source folder first on sys.path, where gamfsolve.adapters (installed from the
@@ -79,6 +79,18 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: every figure measured side by side in one run."""
     _install(session, "test,examples")
     session.run("gamfsolve", "bench", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """On a machine with a CUDA device: the CuPy and torch-CUDA tests, then the benchmarks on both."""
+    _install(session, "test,gpu")
+    session.run("python", "-c", "import cupy, torch; assert cupy.is_available() and torch.cuda.is_available(), "
+                "'nox -s gpu needs a CUDA device that both CuPy and torch see'")
+    session.run("pytest", "-m", "not slow", "-k", "cupy or torch_cuda or cuda", "tests/test_gpu.py", "tests/test_kernels.py",
+                "tests/test_backends.py", "tests/test_permute.py", "tests/test_widths.py", env=ENV)
+    for backend in ("cupy", "torch_cuda"):
+        session.run("gamfsolve", "bench", "--backend", backend, *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)

@@ -79,8 +79,10 @@ class _Problem:
 # per outer iteration on N planted MLPs 784-256-256-256-10 (map rank ~20, one process per case,
 # 2 cores, session 8, BLAS at one thread on the pairwise path): pairwise / templates 0.05 / 0.31 s
 # at N = 2, 0.14 / 0.57 at 4, 0.50 / 1.12 at 8, 1.32 / 1.58 at 12, 1.94 / 1.93 at 14, 3.12 / 2.03
-# at 16; the pairwise path also needs a quarter of the memory. Templates from 14 models on.
-MIN_POOL_FOR_MAPS_NUMBA = 14
+# at 16; the pairwise path also needs a quarter of the memory. Re-measured after session 9's faster exact
+# kernel (session 10, same cases): 1.11 / 1.76 s at N = 12, 2.27 / 2.24 at 16 (peak 293 / 1174 MiB).
+# Templates from 17 models on. (On a GPU the maps are taken at every N: pairwise there is not measured.)
+MIN_POOL_FOR_MAPS_NUMBA = 17
 
 
 def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int) -> str:

@@ -85,7 +85,7 @@ KERNELS = ("auto", "reference", "numba", "cuda", "factorised", "matmul")
 # matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
 # edge_features uses this limit too (the many-model sums; see its docstring).
 AUTO_MAX_RANK = 40
-# On a GPU (H100, CuPy 14 and torch 2.11 CUDA, session 10) the exact matmul kernel is launch-bound and
+# On a GPU without CuPy (torch CUDA; H100, session 10) the exact kernel is "matmul", launch-bound and
 # cheap, so the map pays only while short: 512 x 512, fan-in 512 / 4608, factorised vs matmul, float32:
 # r = 2 1.1-13x, 5 1.4-5.9x, 9-10 1.2-3.9x, 25-27 0.5-1.0x (float64 alike). Crossover about r = 15.
 AUTO_MAX_RANK_GPU = 12
