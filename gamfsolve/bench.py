@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from importlib import import_module
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,14 @@ BACKENDS = ("numpy", "torch", "torch_cuda", "cupy")
 def backend_tools(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[], None]]:
     """``(convert, sync)`` for a backend: NumPy array -> that library's array (on its device), and
     a call that waits for the device's queued work (a no-op on the host)."""
+    if name not in BACKENDS:
+        raise SystemExit(f"gamfsolve bench: unknown backend {name!r}; choose one of {list(BACKENDS)}")
     if name == "numpy":
         return (lambda a: a), (lambda: None)
+    try:
+        import_module("torch" if name.startswith("torch") else "cupy")
+    except ImportError as exc:
+        raise SystemExit(f"gamfsolve bench: --backend {name} needs {exc.name or 'its library'}, which is not installed") from exc
     if name in ("torch", "torch_cuda"):
         import torch
 
@@ -67,7 +74,7 @@ def backend_tools(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[], 
         if not cupy.is_available():
             raise SystemExit("gamfsolve bench: --backend cupy needs a CUDA device, and CuPy sees none")
         return cupy.asarray, cupy.cuda.Device().synchronize
-    raise SystemExit(f"gamfsolve bench: unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    raise AssertionError(name)
 
 
 def _best(func: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .._xp import library
+
 __all__ = ["MAX_D", "available", "edge_affinity_cuda", "supports"]
 
 Array = Any
@@ -96,13 +98,9 @@ def _kernel(dtype_name: str) -> Any:
     return cupy.RawKernel(src, f"edge_affinity_{dtype_name}")
 
 
-def _library(x: Array) -> str:
-    return type(x).__module__.split(".")[0]
-
-
 def supports(x: Array) -> bool:
     """Whether ``x`` can go through this kernel: a CuPy array, or a torch CUDA tensor, float32/64."""
-    lib = _library(x)
+    lib = library(x)
     if lib == "cupy":
         ok = True
     elif lib == "torch":
@@ -119,7 +117,7 @@ def edge_affinity_cuda(x: Array, y: Array, sigma: float) -> Array:
     """
     import cupy
 
-    torch_in = _library(x) == "torch"
+    torch_in = library(x) == "torch"
     xc, yc = (cupy.from_dlpack(x.detach()), cupy.from_dlpack(y.detach())) if torch_in else (x, y)
     n, n_edges, dim = xc.shape
     m = yc.shape[0]
