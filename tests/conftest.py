@@ -80,13 +80,17 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(params=list(BACKENDS))
-def to_backend(request):
-    """Converts a NumPy array to each backend (GPU ones skip without a device)."""
-    name = request.param
+def converter(name: str):
+    """The NumPy -> backend conversion for ``name``; skips the calling test for a GPU backend without a device."""
     if name in ("cupy", "torch_cuda") and not _gpu_ok(name):
         pytest.skip(f"{name}: no GPU here")
     return BACKENDS[name]
+
+
+@pytest.fixture(params=list(BACKENDS))
+def to_backend(request):
+    """Converts a NumPy array to each backend (GPU ones skip without a device)."""
+    return converter(request.param)
 
 
 def to_numpy(x) -> np.ndarray:

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, _gpu_ok, to_numpy
+from conftest import converter, to_numpy
 
 import gamfsolve as g
 from gamfsolve._bench_models import alignment_error, planted
 
 pytestmark = pytest.mark.gpu
 GPU = ("cupy", "torch_cuda")
-
-
-def _convert(backend: str):
-    if not _gpu_ok(backend):
-        pytest.skip(f"{backend}: no GPU here")
-    return BACKENDS[backend]
 
 
 @pytest.mark.parametrize("backend", GPU)
@@ -37,7 +31,7 @@ def _convert(backend: str):
 )
 def test_planted_models_recovered_on_the_device(backend: str, arch: str, n_models: int, options: dict) -> None:
     """Planted copies (1% noise) are aligned on the GPU as on the host; arrays stay on the device."""
-    convert = _convert(backend)
+    convert = converter(backend)
     models, spec = planted(arch, n_models, scale=8, seed=0)
     inputs = [{k: convert(v) for k, v in m.items()} for m in models]
     result = g.match(inputs, spec, method="gamf", seed=0, **options)
@@ -58,8 +52,7 @@ def test_planted_models_recovered_on_the_device(backend: str, arch: str, n_model
 def test_torch_adapter_on_cuda_modules() -> None:
     """fuse_modules / align_modules on CUDA modules: results on CUDA, the function kept by alignment."""
     torch = pytest.importorskip("torch")
-    if not _gpu_ok("torch_cuda"):
-        pytest.skip("torch_cuda: no GPU here")
+    converter("torch_cuda")  # skips without a device
     from gamfsolve.adapters import torch as gt
     from torch_helpers import make, permuted_copy
 

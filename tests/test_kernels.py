@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKENDS as CONVERT
-from conftest import _gpu_ok, to_numpy
+from conftest import converter, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,9 +40,7 @@ HAS_NUMBA = _numba.available()
 
 
 def _to(backend: str, a: np.ndarray):
-    if backend in GPU and not _gpu_ok(backend):
-        pytest.skip(f"{backend}: no GPU here")
-    return CONVERT[backend](a)
+    return converter(backend)(a)
 
 
 def _host(r) -> np.ndarray:
