@@ -27,6 +27,7 @@ from gamfsolve._kernels import (
 )
 from gamfsolve._kernels._factorised import _cheb, anchor_coefficients, basis, bound_key
 from gamfsolve._kernels._reference import edge_affinity_reference
+from gamfsolve._xp import namespace
 
 torch = pytest.importorskip("torch")
 xps = pytest.importorskip("array_api_strict")
@@ -376,10 +377,11 @@ def test_product_overwrite_and_epilogue(dtype: type) -> None:
     px, py = (rng.standard_normal((9, 40)) + 3.0).astype(dtype), (rng.standard_normal((7, 40)) + 3.0).astype(dtype)
     row, col = rng.standard_normal(9), rng.standard_normal(7)
     keep = px.copy(), py.copy()
-    plain = _factorised.product(px, py, np, row=row, col=col, shift=-2.0)
+    plain, dropped = _factorised.product(px, py, np, row=row, col=col, shift=-2.0)
+    assert dropped == 0.0
     np.testing.assert_array_equal(px, keep[0])
     np.testing.assert_array_equal(py, keep[1])
-    in_place = _factorised.product(px.copy(), py.copy(), np, row=row, col=col, shift=-2.0, overwrite=True)
+    in_place, _ = _factorised.product(px.copy(), py.copy(), np, row=row, col=col, shift=-2.0, overwrite=True)
     truth = keep[0].astype(np.float64) @ keep[1].astype(np.float64).T + row[:, None] + col[None, :] - 2.0
     assert plain.dtype == in_place.dtype == dtype
     np.testing.assert_allclose(in_place, plain, rtol=4 * float(np.finfo(dtype).eps))
@@ -387,6 +389,40 @@ def test_product_overwrite_and_epilogue(dtype: type) -> None:
     core = rng.standard_normal((5, 6)).astype(np.float32)
     got = _numba.add_outer(core.copy(), np.arange(5.0), np.arange(6.0))
     np.testing.assert_array_equal(got, (core.astype(np.float64) + np.arange(5.0)[:, None] + np.arange(6.0)).astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", ["numpy", *OTHER_BACKENDS])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_product_leaves_out_only_what_the_bound_affords(backend: str, dtype: str) -> None:
+    """Trailing terms are left out of the product only within ``rtol`` of the result, and the bound holds."""
+    rng = np.random.default_rng(5)
+    n, m, width = 12, 9, 30
+    # Three term blocks of falling size (like the eigen-ordered features), on top of a large common part.
+    sizes = np.repeat([1e-1, 1e-3, 1e-6], width)
+    px = (rng.standard_normal((n, 3 * width)) * sizes + 0.5).astype(dtype)
+    py = (rng.standard_normal((m, 3 * width)) * sizes + 0.5).astype(dtype)
+    row, col = np.full(n, 100.0), np.full(m, 100.0)
+    truth = px.astype(np.float64) @ py.astype(np.float64).T + row[:, None] + col[None, :]
+    convert = converter(backend)
+    xp = namespace(convert(px))
+    for rtol, committed, expect_dropped in [(1e-6, 0.0, True), (1e-15, 0.0, False), (1e-6, 1e-3, False)]:
+        out, dropped = _factorised.product(convert(px), convert(py), xp, row=convert(row), col=convert(col),
+                                           terms=3, rtol=rtol, committed=committed)
+        out = to_numpy(out).astype(np.float64)
+        assert (dropped > 0.0) == expect_dropped
+        eps = float(np.finfo(dtype).eps)
+        # Whatever was left out is within its bound, and the bound within rtol of the maximum.
+        assert np.max(np.abs(out - truth)) <= dropped + 64 * eps * float(np.max(np.abs(truth)))
+        if dropped > 0.0:
+            assert committed + dropped <= rtol * float(np.max(truth))
+    # The mean parts of left-out terms stay: a block that is large but equal on every unit costs nothing.
+    flat = np.repeat([1e-1, 1e-5], width)
+    pa = (rng.standard_normal((n, 2 * width)) * flat + np.repeat([0.0, 2.0], width)).astype(dtype)
+    pb = (rng.standard_normal((m, 2 * width)) * flat + np.repeat([0.0, 2.0], width)).astype(dtype)
+    out, dropped = _factorised.product(pa, pb, np, row=row, col=col, terms=2, rtol=1e-6)
+    truth = pa.astype(np.float64) @ pb.astype(np.float64).T + row[:, None] + col[None, :]
+    assert 0.0 < dropped < 1e-7
+    assert np.max(np.abs(out - truth)) <= dropped + 64 * float(np.finfo(dtype).eps) * float(np.max(truth))
 
 
 def test_numba_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,10 +46,11 @@ Kernels and what they cost (``n x m`` output, ``E`` edges of ``D`` numbers):
     that would answer instead, otherwise that exact kernel. Against exact Numba (NumPy input)
     the map pays only for ``r <= AUTO_MAX_RANK_NUMBA`` on layers at least ``AUTO_MIN_SIDE_NUMBA``
     wide: the vectorised Numba kernel costs about 0.7 CPU cycle per ``(a, b, e)`` and a float32
-    matrix product about ``r / 24``, plus the features (measured crossover ``r ~ 5-7`` at 512 x
-    512 x 512, ``r ~ 4-6`` at 256, ``r ~ 3`` at 128). Against ``"matmul"`` on the host (torch CPU,
-    array-api-strict) it pays up to ``r = AUTO_MAX_RANK``; on a GPU, where ``"matmul"`` is cheap, up
-    to ``AUTO_MAX_RANK_GPU``; against the fused ``"cuda"`` kernel up to ``AUTO_MAX_RANK_CUDA``.
+    matrix product about ``r / 24``, plus the features (measured crossover, BLAS on one thread as
+    inside a solve, ``r ~ 6-7`` at 512 x 512 x 512, ``r ~ 5-6`` at 256, ``r ~ 3-4`` at 128).
+    Against ``"matmul"`` on the host (torch CPU, array-api-strict) it pays up to ``r =
+    AUTO_MAX_RANK``; on a GPU, where ``"matmul"`` is cheap, up to ``AUTO_MAX_RANK_GPU``; against
+    the fused ``"cuda"`` kernel up to ``AUTO_MAX_RANK_CUDA``.
 
 ``edge_features(x, sigma, bound=...)`` exposes the factorised kernel's feature map, so that
 sums over many models move inside one product (see its docstring for the contract).
@@ -93,10 +94,11 @@ AUTO_MAX_RANK_GPU = 12
 # every size measured (see BENCHMARKS.md, session 10), so auto takes the fused kernel.
 AUTO_MAX_RANK_CUDA = 0
 # Against the vectorised exact Numba kernel (NumPy; FMA-contracted since session 9), float32, whole calls
-# on both cores, factorised / Numba speed-up with BLAS on two threads | on one (as inside gamf's solve):
-# 512 x 512 x 512: r = 3 2.1x | 1.5x, 4 1.7x | 1.2x, 5 1.5x | 1.0x, 6 1.1x | 0.76x, 7 1.0x | 0.71x;
-# 256^3: r = 3 1.9x | 1.5x, 4 1.3-1.6x | 1.0-1.2x, 6 1.0x | 0.75x; 128^3: r = 3 1.1x | 0.93x, 4 0.85x | 0.73x.
-AUTO_MAX_RANK_NUMBA = 4
+# on both cores, factorised / Numba speed-up with BLAS on one thread (as inside gamf's solve) | on two,
+# after the faster features pass and trailing terms left out (session 11):
+# 512 x 512 x 512: r = 3 1.9x | 2.6x, 4 1.8x | 2.7x, 5 1.3x | 1.9x, 6 1.2x | 1.7x, 7 0.87x | 1.3x, 9 0.71x | 1.05x;
+# 256^3: r = 3 2.2x | 2.9x, 4 1.4x | 2.0x, 7 0.72x | 0.98x; 128^3: r = 3 1.2x | 1.4x, 4 0.91x | 1.06x.
+AUTO_MAX_RANK_NUMBA = 5
 AUTO_MIN_SIDE_NUMBA = 256
 
 
@@ -153,13 +155,15 @@ def _factorised_affinity(x: Array, y: Array, sigma: float, xp: Any, rtol: float,
             return None
         px, row = _factorised.centred_side(x2, centre, key, scale, w, sigma, tol, xp)
         py, col = _factorised.centred_side(y2, centre, key, scale, w, sigma, tol, xp)
-        r = _factorised.product(px, py, xp, row=row, col=col, shift=-float(n_edges), overwrite=True)
-        # Per edge the error is <= tol, so entrywise <= E * tol; enough if E * tol <= rtol * max R
-        # (max R >= max R~ - E tol).
-        need = rtol * (float(xp.max(r)) - n_edges * tol) / n_edges
-        if tol <= need:
+        # Per edge the error is <= tol (basis tol / 2, anchors tol / 8), so entrywise <= E * tol; the
+        # product may leave out trailing terms (adding ``dropped``) within rtol of its max R.
+        r, dropped = _factorised.product(px, py, xp, row=row, col=col, shift=-float(n_edges), overwrite=True,
+                                         terms=int(w.shape[1]), rtol=rtol, committed=n_edges * tol)
+        # Enough if err <= rtol * max R, with max R >= max R~ - err.
+        err = n_edges * tol + dropped
+        if err <= rtol * (float(xp.max(r)) - err):
             return r
-        tol = need / 2.0
+        tol = rtol * (float(xp.max(r)) - err) / n_edges / 2.0
         if not tol > 1e-13:
             return None
     return None

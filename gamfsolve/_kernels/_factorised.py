@@ -23,7 +23,10 @@ Error control: per edge at most ``tol``, so ``|R~ - R| <= E * tol`` entrywise. T
 for ``|R~ - R| <= rtol * max|R|``: the first pass takes ``tol = rtol / 4`` and, if the result has
 ``max R < E / 4`` (widely spread weights), one more pass with the tolerance the computed
 ``max R`` calls for. When the rank would exceed ``MAX_RANK`` there is no accurate short map and
-the caller falls back to an exact kernel.
+the caller falls back to an exact kernel. The per-edge bound is a worst case (every edge at the
+edge of the range); the product then leaves out the trailing terms whose actual contribution,
+bounded by Cauchy-Schwarz over each unit's edges, fits in what ``rtol * max R`` leaves
+(:func:`kept_terms`): at weights of 0.01 ``sqrt(sigma)`` a rank-2 map multiplies one term.
 
 Cost: features ``2 (n + m) E Q`` flops (Chebyshev recurrence) plus ``2 (n + m) E Q r`` (basis
 change); the product ``2 n m E r`` flops at matrix-multiply speed (about 100x the rate of
@@ -41,7 +44,7 @@ import numpy as np
 from .._xp import clip, device
 from . import _numba
 
-__all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "plan_bound", "product"]
+__all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "kept_terms", "plan_bound", "product"]
 
 Array = Any
 MAX_RANK = 64  # beyond this a short map stops paying (and the grid check gets slow)
@@ -237,9 +240,47 @@ def centred_side(
     return features_scaled(clip(v / scale, -1.0, 1.0, xp), w, xp), anchor_sums(v, sigma, xp)
 
 
+def _max_row_norm(a: Array, xp: Any) -> float:
+    """``max_i ||a[i, :]||_2`` (NumPy: without a temporary)."""
+    if isinstance(a, np.ndarray):
+        sq = np.einsum("ij,ij->i", a, a)
+    else:
+        sq = xp.sum(a * a, axis=1)
+    return math.sqrt(float(xp.max(sq)))
+
+
+def kept_terms(dx: Array, dy: Array, terms: int, floor: float, rtol: float, committed: float, xp: Any) -> tuple[int, float]:
+    """How many leading terms of ``dx dy^T`` must be multiplied, and the bound on what the rest add.
+
+    ``dx`` ``(n, terms * E)``, ``dy`` ``(m, terms * E)``, term-major. Term ``t`` adds
+    ``sum_e dx[a, t, e] dy[b, t, e]``, at most ``B_t = max_a ||dx[a, t]|| max_b ||dy[b, t]||`` by
+    Cauchy-Schwarz, to every entry. The result without the product is ``floor`` at its largest
+    (``max_a row + max_b col``), so its largest entry with the kept terms is at least
+    ``floor - sum_kept B_t``; trailing terms are left out while the error so far (``committed``,
+    plus their ``B_t``) stays within ``rtol`` times that (less the error). The basis orders terms by
+    eigenvalue, and on weights that fill their range unevenly (most do: bell-shaped, the extremes
+    rare) the last terms are far smaller than the per-edge worst case that sized the basis.
+    Cost: ``(n + m) E`` per term.
+    """
+    width = dx.shape[1] // terms
+    bounds = []
+    for t in range(terms):
+        part = slice(t * width, (t + 1) * width)
+        bounds.append(_max_row_norm(dx[:, part], xp) * _max_row_norm(dy[:, part], xp) * (1.0 + 1e-3))  # float32 sums
+    kept, spent = terms, 0.0
+    while kept > 0:
+        err = committed + spent + bounds[kept - 1]
+        if err > rtol * (floor - sum(bounds[: kept - 1]) - err):
+            break
+        spent += bounds[kept - 1]
+        kept -= 1
+    return kept, spent
+
+
 def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Array | None = None,
-            shift: float = 0.0, overwrite: bool = False) -> Array:
-    """``px @ py^T (+ row[:, None] + col[None, :] + shift)`` with the mean feature split off.
+            shift: float = 0.0, overwrite: bool = False, terms: int = 1, rtol: float = 0.0,
+            committed: float = 0.0) -> tuple[Array, float]:
+    """``(px @ py^T (+ row[:, None] + col[None, :] + shift), dropped)`` with the mean feature split off.
 
     ``row`` ``(n,)`` and ``col`` ``(m,)`` are float64 (the centred expansion's exact terms).
     ``px py^T = mu.mu + dx.mu + mu.dy + dx dy^T`` (``d = p - mu``, ``mu`` the mean feature of both
@@ -247,33 +288,49 @@ def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Arr
     features, and a float32 product of length ``E r`` would lose ``~sqrt(E r) eps`` of the large
     common part to rounding; here that part is summed in float64 and only the small ``dx dy^T``
     is rounded in float32; beyond ``FLOAT32_MAX_LENGTH`` even that is summed in float64 (its
-    rounding grows with the length). Float64 inputs skip the split. ``overwrite``: ``px`` and
-    ``py`` may be used as scratch (NumPy). Cost: one ``2 n m E r`` product plus
-    ``O((n + m) E r + n m)``; on NumPy with Numba no temporaries beyond the ``(n, m)`` result.
+    rounding grows with the length). ``terms``/``rtol``/``committed``: the features are ``terms``
+    blocks (term-major); with ``rtol > 0`` the trailing blocks of ``dx dy^T`` that an entrywise
+    error of ``rtol`` times the result's maximum can afford, on top of ``committed``, are left out
+    (:func:`kept_terms`; their mean parts stay); ``dropped`` bounds what they would have added to
+    any entry (0.0 when none is left out). Float64 inputs with ``rtol = 0`` skip the split.
+    ``overwrite``: ``px`` and ``py`` may be used as scratch (NumPy). Cost: one ``2 n m E r'``
+    product (``r' <= r`` the terms kept) plus ``O((n + m) E r + n m)``; on NumPy with Numba no
+    temporaries beyond the ``(n, m)`` result.
     """
     outer = isinstance(px, np.ndarray) and _numba.available()  # the float64 epilogue in place, compiled
-    if px.dtype == xp.float64:
+    if px.dtype == xp.float64 and not rtol > 0.0:
         full = px @ xp.permute_dims(py, (1, 0))
         if row is None or col is None:
-            return full
-        return _numba.add_outer(full, row, col + shift) if outer else full + (row[:, None] + (col + shift)[None, :])
+            return full, 0.0
+        full = _numba.add_outer(full, row, col + shift) if outer else full + (row[:, None] + (col + shift)[None, :])
+        return full, 0.0
     mu = (xp.sum(px, axis=0) + xp.sum(py, axis=0)) / float(px.shape[0] + py.shape[0])
-    long = px.shape[1] > FLOAT32_MAX_LENGTH
+    long = px.shape[1] > FLOAT32_MAX_LENGTH and px.dtype != xp.float64
     if overwrite and outer and not long:
         px -= mu
         py -= mu
         dx, dy = px, py
     else:
         dx, dy = px - mu, py - mu
-    if long:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
-        dx, dy, mu = xp.astype(dx, xp.float64), xp.astype(dy, xp.float64), xp.astype(mu, xp.float64)
-    core = dx @ xp.permute_dims(dy, (1, 0))
     mu64 = xp.astype(mu, xp.float64)
     r_vec = xp.astype(dx @ mu, xp.float64) + xp.sum(mu64 * mu64)  # (n,), small terms: float32 is enough
     c_vec = xp.astype(dy @ mu, xp.float64)
     if row is not None and col is not None:
         r_vec, c_vec = r_vec + row, c_vec + (col + shift)
+    kept, dropped = terms, 0.0
+    if rtol > 0.0:
+        floor = float(xp.max(r_vec)) + float(xp.max(c_vec))
+        kept, dropped = kept_terms(dx, dy, terms, floor, rtol, committed, xp)
+    width = (dx.shape[1] // terms) * kept
+    if long:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
+        dx, dy = xp.astype(dx, xp.float64), xp.astype(dy, xp.float64)
+    if width == dx.shape[1]:
+        core = dx @ xp.permute_dims(dy, (1, 0))
+    elif width > 0:
+        core = dx[:, :width] @ xp.permute_dims(dy[:, :width], (1, 0))
+    else:
+        core = xp.zeros((dx.shape[0], dy.shape[0]), dtype=dx.dtype, device=device(dx))
     if outer:
-        return xp.astype(_numba.add_outer(core, r_vec, c_vec), px.dtype, copy=False)
+        return xp.astype(_numba.add_outer(core, r_vec, c_vec), px.dtype, copy=False), dropped
     full = xp.astype(core, xp.float64) + r_vec[:, None] + c_vec[None, :]
-    return xp.astype(full, px.dtype)
+    return xp.astype(full, px.dtype), dropped
