@@ -1,7 +1,7 @@
 """Benchmarks: every figure measured side by side in one run, with ratios.
 
-``python -m gamfsolve bench [--quick] [--json] [--sections kernels,e2e,many] [--backend NAME]`` (or
-``python -m gamfsolve.bench``). Fixed seeds, synthetic planted models, no data. Times are the minimum over
+``python -m gamfsolve bench [--quick] [--json] [--sections kernels,e2e,many] [--backend NAME] [--plot FILE]``
+(or ``python -m gamfsolve.bench``). Fixed seeds, synthetic planted models, no data. Times are the minimum over
 repeats (the machines are shared); errors are ``max |R - R_exact| / max |R_exact|`` with
 ``R_exact`` the exact kernel in float64 on the same (rounded) inputs.
 
@@ -332,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="array library of every case: numpy (default), torch (CPU), torch_cuda, cupy (GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS/OpenMP/Numba threads of every e2e/many case process (default: the library defaults)")
+    p.add_argument("--plot", metavar="FILE", default=None,
+                   help="also draw the scaling curves of this run (sections many and kernels) to FILE (.png, .svg)")
     return p
 
 
@@ -348,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _THREADS[0] = args.threads
     backend_tools(args.backend)  # refuse a GPU backend without a device before any work
+    if args.plot:
+        from ._bench_plot import require_matplotlib
+
+        require_matplotlib()
     report: dict[str, Any] = {"machine": {**_machine(), **_device_info(args.backend)}, "backend": args.backend,
                               "quick": args.quick, "threads": args.threads, "argv": list(argv or [])}
     log(f"machine: {report['machine']}")
@@ -372,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
     report["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"load average at the end: {report['load_avg_end']}")
+    if args.plot:
+        from ._bench_plot import plot_report
+
+        log(f"figure: {plot_report(report, args.plot)}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -346,3 +347,39 @@ def test_bench_backends_plumbing() -> None:
     case = {"arch": "mlp", "n_models": 2, "scale": 32, "method": "gamf", "options": {}, "seed": 0, "backend": "torch"}
     out = run_case(case)
     assert out["status"] == "ok" and out["align_err"] < 0.02
+
+
+def test_bench_plot_draws_the_measured_curves(tmp_path: Path) -> None:
+    """--plot: one panel per section measured, written atomically; a clear error when there is nothing to draw."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from gamfsolve._bench_models import run_case
+    from gamfsolve._bench_plot import plot_report
+    from gamfsolve.bench import bench_gemm_floor
+
+    many = [run_case({"arch": "mlp", "n_models": n, "scale": 32, "method": "gamf", "options": {"universe": True},
+                      "seed": 0}) for n in (2, 4)]
+    assert all(r["status"] == "ok" for r in many)
+    report = {"machine": {"cpu": "test", "cores": 1}, "many": many}
+    one = plot_report(report, str(tmp_path / "one.png"))
+    floor = bench_gemm_floor(True, lambda line: None)
+    two = plot_report({**report, "gemm_floor": floor}, str(tmp_path / "two.png"))
+    h1, w1 = imread(one).shape[:2]
+    h2, w2 = imread(two).shape[:2]
+    assert h1 == h2 and w2 > 1.8 * w1  # a second panel beside the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "two.png"]  # no temporary left behind
+    with pytest.raises(ValueError, match="no section to plot"):
+        plot_report({"machine": {}}, str(tmp_path / "none.png"))
+
+
+@pytest.mark.slow
+def test_bench_quick_kernels_with_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernels section at --quick size, as a user runs it, with its figure."""
+    pytest.importorskip("matplotlib")
+    from gamfsolve.bench import main as bench_main
+
+    out = tmp_path / "bench.png"
+    assert bench_main(["--quick", "--sections", "kernels", "--json", "--plot", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kernels"] and report["gemm_floor"] and out.stat().st_size > 10_000
