@@ -312,6 +312,8 @@ def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Arr
         dx, dy = px, py
     else:
         dx, dy = px - mu, py - mu
+    if long:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
+        dx, dy, mu = xp.astype(dx, xp.float64), xp.astype(dy, xp.float64), xp.astype(mu, xp.float64)
     mu64 = xp.astype(mu, xp.float64)
     r_vec = xp.astype(dx @ mu, xp.float64) + xp.sum(mu64 * mu64)  # (n,), small terms: float32 is enough
     c_vec = xp.astype(dy @ mu, xp.float64)
@@ -322,8 +324,6 @@ def product(px: Array, py: Array, xp: Any, *, row: Array | None = None, col: Arr
         floor = float(xp.max(r_vec)) + float(xp.max(c_vec))
         kept, dropped = kept_terms(dx, dy, terms, floor, rtol, committed, xp)
     width = (dx.shape[1] // terms) * kept
-    if long:  # long float32 sums lose ~1e-6 (measured): accumulate in float64
-        dx, dy = xp.astype(dx, xp.float64), xp.astype(dy, xp.float64)
     if width == dx.shape[1]:
         core = dx @ xp.permute_dims(dy, (1, 0))
     elif width > 0:
