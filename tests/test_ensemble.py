@@ -99,8 +99,33 @@ def test_report_renders(ep, records, tmp_path: Path) -> None:  # type: ignore[no
     }
     text = er.markdown(recs, meta, ["average", "gamf"])
     assert "| homog | 2 |" in text and "| hetero | 2 |" in text and "**gamf**" in text
+    assert "## Where gamf stands" in text and "| mlp N = 2 homog |" in text and "one seed" in text
     er.summary_figure(tmp_path / "summary.png", recs, ["average", "gamf"])
     assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+def test_standing_is_paired_over_seeds() -> None:
+    """The computed standing: per-seed differences, their standard error, verdicts and claims."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import ensemble_report as er
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+    def record(seed: int, gamf: float, wm: float, avg: float) -> dict:
+        methods = {m: {"one_shot": v, "repaired": v, "finetuned": v} for m, v in
+                   (("average", avg), ("weight_matching", wm), ("gamf", gamf))}
+        return {"arch": "mlp", "n_models": 2, "partition": "homog", "seed": seed, "methods": methods}
+
+    # gamf - wm = +1, +2, +3: mean 2, standard error 1/sqrt(3) = 0.58 -> ahead; gamf - average = 0, +4, -4 -> level
+    recs = [record(0, 90.0, 89.0, 90.0), record(1, 91.0, 89.0, 87.0), record(2, 92.0, 89.0, 96.0)]
+    lines = er.standing(recs, ["average", "weight_matching", "gamf"])
+    text = "\n".join(lines)
+    assert "| mlp N = 2 homog | +0.0 ± 2.3 level | +2.0 ± 0.6 ahead |" in text
+    assert "vs weight_matching: at least as good as displayed in 1 of 1 cells; 1 ahead, 0 level, 0 behind" in text
+    # gamf's mean 91.0 equals average's as displayed: not above it; and it is above weight matching
+    assert "above average in every cell: no; at least as good as weight_matching in every cell: yes" in text
+    assert er.standing(recs, ["average", "weight_matching"]) == []
 
 
 def test_solver_seed_study(tmp_path: Path) -> None:
