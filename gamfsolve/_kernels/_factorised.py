@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import clip, device
+from .._xp import clip, device, to_host
 from . import _numba
 
 __all__ = ["MAX_RANK", "anchor_sums", "basis", "bound_key", "features_scaled", "kept_terms", "plan_bound", "product"]
@@ -240,13 +240,18 @@ def centred_side(
     return features_scaled(clip(v / scale, -1.0, 1.0, xp), w, xp), anchor_sums(v, sigma, xp)
 
 
-def _max_row_norm(a: Array, xp: Any) -> float:
-    """``max_i ||a[i, :]||_2`` (NumPy: without a temporary)."""
+def _term_norms(a: Array, terms: int, xp: Any) -> np.ndarray:
+    """``max_i ||a[i, t, :]||_2`` for each term ``t`` of a term-major ``(n, terms * E)`` array, on the host.
+
+    One transfer for all terms (a GPU pays a synchronisation per transfer); NumPy without a temporary.
+    """
+    n = a.shape[0]
+    blocks = xp.reshape(a, (n, terms, a.shape[1] // terms))
     if isinstance(a, np.ndarray):
-        sq = np.einsum("ij,ij->i", a, a)
+        sq = np.einsum("ite,ite->it", blocks, blocks)
     else:
-        sq = xp.sum(a * a, axis=1)
-    return math.sqrt(float(xp.max(sq)))
+        sq = xp.sum(blocks * blocks, axis=2)
+    return np.sqrt(to_host(xp.max(sq, axis=0)).astype(np.float64))
 
 
 def kept_terms(dx: Array, dy: Array, terms: int, floor: float, rtol: float, committed: float, xp: Any) -> tuple[int, float]:
@@ -262,11 +267,7 @@ def kept_terms(dx: Array, dy: Array, terms: int, floor: float, rtol: float, comm
     rare) the last terms are far smaller than the per-edge worst case that sized the basis.
     Cost: ``(n + m) E`` per term.
     """
-    width = dx.shape[1] // terms
-    bounds = []
-    for t in range(terms):
-        part = slice(t * width, (t + 1) * width)
-        bounds.append(_max_row_norm(dx[:, part], xp) * _max_row_norm(dy[:, part], xp) * (1.0 + 1e-3))  # float32 sums
+    bounds = (_term_norms(dx, terms, xp) * _term_norms(dy, terms, xp) * (1.0 + 1e-3)).tolist()  # float32 sums
     kept, spent = terms, 0.0
     while kept > 0:
         err = committed + spent + bounds[kept - 1]
