@@ -192,6 +192,33 @@ def test_property_agrees_with_reference(n, m, e, d, log_scale, sigma, kernel, dt
     np.testing.assert_allclose(r, exact, rtol=0, atol=_tol(np.dtype(dtype), exact))
 
 
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(16, 48),
+    e=st.integers(32, 160),
+    log_scale=st.floats(np.log10(0.003), np.log10(0.5)),
+    law=st.sampled_from(["normal", "uniform", "student3", "sparse"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_factorised_within_rtol(n, e, log_scale, law, dtype, seed) -> None:
+    """The short map with trailing terms left out stays within rtol * max R, whatever the weights' law."""
+    rng = np.random.default_rng(seed)
+    draw = {
+        "normal": lambda size: rng.standard_normal(size),
+        "uniform": lambda size: rng.uniform(-1.7, 1.7, size),  # every edge near the range's edge: the worst case
+        "student3": lambda size: rng.standard_t(3, size),  # heavy tails: a few edges far out
+        "sparse": lambda size: rng.standard_normal(size) * (rng.random(size) < 0.1),
+    }[law]
+    scale = 10.0**log_scale
+    x = (scale * draw((n, e, 1))).astype(dtype)
+    y = (scale * draw((n + 3, e, 1))).astype(dtype)
+    exact = edge_affinity_reference(x.astype(np.float64), y.astype(np.float64), 1.0)
+    r = edge_affinity(x, y, 1.0, kernel="factorised", rtol=1e-6)
+    rounding = 8 * float(np.finfo(dtype).eps)
+    assert float(np.max(np.abs(r - exact))) <= (1e-6 + rounding) * float(np.max(exact))
+
+
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(
     bound=st.floats(0.01, 6.0),
