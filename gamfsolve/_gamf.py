@@ -133,18 +133,25 @@ def _change(old: list[Maps], new: list[Maps], movers: list[int], xp: Any) -> flo
     return worst
 
 
+GAMMA_TWO = 0.7  # the annealing factor's default for two models (examples/defaults)
+GAMMA_UNIVERSE = 0.85  # and in the shared universe (N > 2 by default): see _gamf's docstring
+
+
 @register_method("gamf")
 def _gamf(
     models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked, *, seed: int | None,
     affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
-    sigma_scale: float = 1.0, tau0: float = 1.0, gamma: float = 0.7, tau_min: float = 0.02,
+    sigma_scale: float = 1.0, tau0: float = 1.0, gamma: float | None = None, tau_min: float = 0.02,
     max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
     max_iter: int = 300, init: str = "auto", universe: bool | None = None,
 ) -> MatchResult:
     """Graduated assignment; see the module docstring. Options are keyword-only.
 
     ``affinity``: "edge" (the paper's) or "node"; ``tau0 > tau_min``, ``0 < gamma < 1``: the
-    annealing schedule on the standardised scores; ``max_sweeps``: sweeps per temperature at
+    annealing schedule on the standardised scores (``gamma`` by default 0.7 for two models, 0.85 in
+    the universe: slower annealing there, measured paired over 15 fusions per cell on N = 4
+    models, LeNet homog +2.8 +- 0.8 points, MLP hetero +0.6 +- 0.3, the other two cells level, at
+    about twice the iterations; for two models it did not help); ``max_sweeps``: sweeps per temperature at
     most (a stage also ends when plans change by less than ``tol``); ``init``: "auto" (uniform
     plans for two models; random plans, the paper's, in the universe: from uniform plans the
     universe's symmetry is broken late and greedily, measured 4-11 points lower on LeNet N = 4), "uniform",
@@ -155,10 +162,12 @@ def _gamf(
         raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
     if init not in INITS:
         raise FusionError(f"init must be one of {INITS}, got {init!r}")
+    uni = len(models) > 2 if universe is None else bool(universe)
+    if gamma is None:
+        gamma = GAMMA_UNIVERSE if uni else GAMMA_TWO
     if not (0 < gamma < 1 and tau0 > tau_min > 0):
         raise FusionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
     xp = checked.xp
-    uni = len(models) > 2 if universe is None else bool(universe)
     if init == "auto":
         init = "random" if uni else "uniform"
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)

@@ -216,7 +216,7 @@ def test_train_local_plain_and_moon() -> None:
 def test_solver_warning_goes_to_the_log(caplog: pytest.LogCaptureFixture) -> None:
     if "gamf" not in gamfsolve.METHODS:
         pytest.skip("gamf is not registered yet")
-    strategy = FedGAMF(SPEC, method="gamf", seed=0, match_options={"max_sweeps": 1, "max_iter": 12})
+    strategy = FedGAMF(SPEC, method="gamf", seed=0, match_options={"max_sweeps": 1, "max_iter": 12, "gamma": 0.7})
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         out, _ = strategy.aggregate_train(3, [_reply(i, _model(i)) for i in (1, 2, 3)])
     assert out is not None
