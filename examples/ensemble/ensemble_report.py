@@ -183,7 +183,7 @@ NOTES = [
     "MLP N = 4 hetero 78.2 vs 76.2 (seeds 0-2); two models keep uniform plans.",
     "- Did not help (defaults study and lab runs, 2-5 seeds): kernel width x0.5, x2, x4, x10, x30, x300 "
     "(the wide limit is weight matching's own objective); one pooled kernel width for all parameters; "
-    "slower annealing (gamma 0.85); starting from weight matching's solution; a weight-matching polish "
+    "slower annealing (gamma 0.85) for two models; starting from weight matching's solution; a weight-matching polish "
     "after gamf (LeNet N = 2: 91.8 vs 92.6); the node affinity (faster, not better); restarts picked by "
     "the objective (five LeNet N = 4 restarts: objectives within 0.05%, accuracy 83.0-87.2%); a star start "
     "at N = 4 (two-model gamf of each model onto model 0, then the universe's Hungarian stage; twice as "
@@ -215,13 +215,14 @@ NOTES = [
     "trained in a process whose loaded libraries and memory layout changed (see the next notes). LeNet "
     "N = 2 went from 91.1 to 92.6 (homog) and from 84.2 to 81.7 (hetero), N = 4 from 84.4 to 85.3 and "
     "from 65.1 to 61.9.",
-    "- The session-11 run (after sessions 9-11's kernel work: FMA contraction in the exact Numba kernels, "
-    "a re-vectorised feature pass, short maps up to rank 5) trained the same models as the session-8 run "
-    "(identical individual accuracies) and every N = 2 cell came out identical; the N = 4 cells moved with "
-    "the solver's arithmetic: MLP homog 91.9 to 92.0, hetero 77.9 to 77.7, LeNet homog 85.3 to 84.4, hetero "
-    "61.9 to 59.4 (one solver seed moves a LeNet N = 4 cell by 2-4 points, next notes). gamf's matching "
-    "times fell from 3.8 to 2.6 s (LeNet N = 4), 2.5 to 2.2 s (MLP N = 4), 0.49 to 0.37 s and 0.28 to "
-    "0.24 s at N = 2.",
+    "- Session 11 ran the protocol twice. The first run (after sessions 9-11's kernel work: FMA contraction "
+    "in the exact Numba kernels, a re-vectorised feature pass, short maps up to rank 5) trained the same "
+    "models as the session-8 run (identical individual accuracies) and every N = 2 cell came out identical; "
+    "the N = 4 cells moved with the solver's arithmetic: MLP homog 91.9 to 92.0, hetero 77.9 to 77.7, LeNet "
+    "homog 85.3 to 84.4, hetero 61.9 to 59.4; gamf's matching times fell from 3.8 to 2.6 s (LeNet N = 4), "
+    "2.5 to 2.2 s (MLP N = 4), 0.49 to 0.37 s and 0.28 to 0.24 s at N = 2. The second run, with the "
+    "universe's slower annealing (`gamma` 0.85, the note above), gave LeNet N = 4 homog 85.6 and hetero "
+    "61.9, MLP N = 4 91.8 and 77.8 (N = 2 unchanged), at 5.3 s (LeNet N = 4) and 2.9 s (MLP N = 4).",
     "- Speed (earlier runs): in the session-8 run gamf went from 6.1 to 3.8 s "
     "on LeNet N = 4 and from 5.0 to 2.5 s on MLP N = 4 (0.86 to 0.49 s and 0.53 to 0.28 s at N = 2): BLAS "
     "at one thread while the parallel Numba kernels run (OpenBLAS threads spinning between products had "
