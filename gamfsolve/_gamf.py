@@ -187,7 +187,7 @@ def _gamf(
     final = best[1]
     perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
     return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
-                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas})
+                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas, "gamma": gamma})
 
 
 def _anneal(
