@@ -27,9 +27,19 @@ def _cells(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], list[dic
     return cells
 
 
+def _shown(group: list[dict[str, Any]], method: str, kind: str) -> float:
+    """A method's mean over the seeds as the tables display it (one decimal)."""
+    return round(float(np.mean([r["methods"][method][kind] for r in group])), 1)
+
+
+def _ordered_cells(records: list[dict[str, Any]]) -> list[tuple[tuple[str, int, str], list[dict[str, Any]]]]:
+    """The cells in reading order: MLP first, then by N, equal shares before skewed."""
+    return sorted(_cells(records).items(), key=lambda kv: (kv[0][0] != "mlp", kv[0][1], kv[0][2] != "homog"))
+
+
 def _winners(group: list[dict[str, Any]], methods: Sequence[str], key: str) -> set[str]:
     """The methods whose mean, as displayed (one decimal), equals the best one (ties all win)."""
-    means = {m: round(float(np.mean([r["methods"][m][key] for r in group])), 1) for m in methods}
+    means = {m: _shown(group, m, key) for m in methods}
     best = max(means.values())
     return {m for m, v in means.items() if v == best}
 
@@ -113,7 +123,7 @@ def standing(records: list[dict[str, Any]], methods: Sequence[str], subject: str
     if subject not in methods or not baselines:
         return []
     kinds = [k for k in _kinds(records, methods) if k != "finetuned"]
-    cells = sorted(_cells(records).items(), key=lambda kv: (kv[0][0] != "mlp", kv[0][1], kv[0][2] != "homog"))
+    cells = _ordered_cells(records)
     out = [
         f"## Where {subject} stands (computed from the records above)",
         "",
@@ -125,37 +135,32 @@ def standing(records: list[dict[str, Any]], methods: Sequence[str], subject: str
     for kind in kinds:
         head = ["cell", *(f"vs {b}" for b in baselines)]
         out += [f"{_KIND_LABELS[kind]}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        verdicts: dict[str, list[str]] = {b: [] for b in baselines}
         for (arch, n, part), group in cells:
             row = []
             for b in baselines:
                 mean, se = _paired(group, subject, b, kind)
-                row.append(f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" {_verdict(mean, se)}")
+                verdicts[b].append(_verdict(mean, se))
+                row.append(f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" {verdicts[b][-1]}")
             out.append(f"| {arch} N = {n} {part} | " + " | ".join(row) + " |")
         out.append("")
         summary = []
         for b in baselines:
-            verdicts = [_verdict(*_paired(g, subject, b, kind)) for _, g in cells]
-            as_shown = sum(
-                round(float(np.mean([r["methods"][subject][kind] for r in g])), 1)
-                >= round(float(np.mean([r["methods"][b][kind] for r in g])), 1)
-                for _, g in cells
-            )
+            as_shown = sum(_shown(g, subject, kind) >= _shown(g, b, kind) for _, g in cells)
             summary.append(
                 f"vs {b}: at least as good as displayed in {as_shown} of {len(cells)} cells; "
-                f"{verdicts.count('ahead')} ahead, {verdicts.count('level')} level, {verdicts.count('behind')} behind"
+                f"{verdicts[b].count('ahead')} ahead, {verdicts[b].count('level')} level, "
+                f"{verdicts[b].count('behind')} behind"
             )
         out += [f"{_KIND_LABELS[kind]}, {subject} " + "; ".join(summary) + ".", ""]
-    def shown(group: list[dict[str, Any]], m: str) -> float:  # the one-shot mean as the table displays it
-        return round(float(np.mean([r["methods"][m]["one_shot"] for r in group])), 1)
-
     claims = []
     if "one_shot" in kinds:
         above = [b for b in ("average", "ot") if b in baselines]
         if above:
-            ok = all(shown(g, subject) > shown(g, b) for _, g in cells for b in above)
+            ok = all(_shown(g, subject, "one_shot") > _shown(g, b, "one_shot") for _, g in cells for b in above)
             claims.append(f"above {' and '.join(above)} in every cell: {'yes' if ok else 'no'}")
         if "weight_matching" in baselines:
-            ok = all(shown(g, subject) >= shown(g, "weight_matching") for _, g in cells)
+            ok = all(_shown(g, subject, "one_shot") >= _shown(g, "weight_matching", "one_shot") for _, g in cells)
             claims.append(f"at least as good as weight_matching in every cell: {'yes' if ok else 'no'}")
     if claims:
         out += [f"The claims, one-shot as displayed: {subject} " + "; ".join(claims) + ".", ""]
@@ -326,7 +331,7 @@ def interpolation_figure(path: Path, curves: dict[str, dict[str, Any]]) -> None:
 def summary_figure(path: Path, records: list[dict[str, Any]], methods: Sequence[str]) -> None:
     """Grouped bars: one-shot accuracy per (arch, split, N) cell and method, with the ensemble."""
     plt = _plt()
-    cells = sorted(_cells(records).items(), key=lambda kv: (kv[0][0] != "mlp", kv[0][1], kv[0][2] != "homog"))
+    cells = _ordered_cells(records)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cells)), 4))
     width = 0.8 / (len(methods) + 1)
     x = np.arange(len(cells))

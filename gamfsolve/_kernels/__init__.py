@@ -161,9 +161,10 @@ def _factorised_affinity(x: Array, y: Array, sigma: float, xp: Any, rtol: float,
                                          terms=int(w.shape[1]), rtol=rtol, committed=n_edges * tol)
         # Enough if err <= rtol * max R, with max R >= max R~ - err.
         err = n_edges * tol + dropped
-        if err <= rtol * (float(xp.max(r)) - err):
+        allowed = rtol * (float(xp.max(r)) - err)
+        if err <= allowed:
             return r
-        tol = rtol * (float(xp.max(r)) - err) / n_edges / 2.0
+        tol = allowed / n_edges / 2.0
         if not tol > 1e-13:
             return None
     return None
