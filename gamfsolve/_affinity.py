@@ -7,10 +7,21 @@ the squared L2 distance of whole aligned weight vectors: one matrix product per 
 
 ``sigma_f`` adapts to the weight scale: ``sigma_f = scale * 2 * D_f * var(w_f)``, the expected
 squared distance of two independent edges of ``D_f`` numbers, pooled over the models.
+
+Edge weights ``w_f`` (:func:`edge_weights`) multiply each parameter's terms. The paper sums over
+all edges (``balance="edge"``, every ``w_f = 1``), so a unit's affinity is decided by whichever
+neighbouring layer has most edges per unit: in a 784-256-256-10 MLP the second hidden layer's
+units have 256 incoming edges and 10 outgoing, so the classifier, which says what each unit
+votes for, hardly counts. ``balance="param"`` weighs every weight tensor's edges by
+``1 / |E_f|``, its number of edges, so the objective is the sum over tensors of their mean
+matched-edge affinity and each unit hears each of its layers equally. A vector on one group
+(bias, norm scale or shift, running statistic) has one edge per unit, no more information than
+one more edge of a weight: it gets ``1 / |E_f|^2``, i.e. counts ``1 / n`` of a tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,10 +31,11 @@ from ._kernels import edge_affinity
 from ._spec import PermutationSpec
 from ._xp import clip, device
 
-__all__ = ["AFFINITIES", "group_affinity", "map_columns", "param_sigmas", "standardize"]
+__all__ = ["AFFINITIES", "BALANCES", "edge_weights", "group_affinity", "map_columns", "param_sigmas", "standardize"]
 
 Array = Any
 AFFINITIES = ("edge", "node")
+BALANCES = ("param", "edge")
 
 
 def param_sigmas(
@@ -49,6 +61,24 @@ def param_sigmas(
     return out
 
 
+def edge_weights(
+    models: Sequence[Mapping[str, Array]], spec: PermutationSpec, sigmas: Mapping[str, float], balance: str,
+) -> dict[str, float]:
+    """Weight of each edge of every parameter in ``sigmas`` (see the module docstring)."""
+    if balance not in BALANCES:
+        raise FusionError(f"balance must be one of {BALANCES}, got {balance!r}")
+    out = {}
+    for name in sigmas:
+        shape = tuple(models[0][name].shape)
+        # narrower models (shared universe) have fewer edges: the widest sets the weight
+        n_edges = max(math.prod(tuple(m[name].shape)) for m in models) // edge_dims(shape, spec.axes[name])
+        if balance == "edge":
+            out[name] = 1.0
+        else:
+            out[name] = 1.0 / n_edges if len(shape) > 1 else 1.0 / n_edges**2
+    return out
+
+
 def _sqdist(x: Array, y: Array, xp: Any) -> Array:
     """``||x[a] - y[b]||^2`` for rows of ``x`` (n, F) and ``y`` (m, F), via one matrix product."""
     nx = xp.sum(x * x, axis=1)[:, None]
@@ -58,9 +88,10 @@ def _sqdist(x: Array, y: Array, xp: Any) -> Array:
 
 def group_affinity(
     fa: Sequence[Feature], fb: Sequence[Feature], sigmas: Mapping[str, float], xp: Any, *,
-    kind: str = "edge", kernel: str = "auto",
+    kind: str = "edge", kernel: str = "auto", weights: Mapping[str, float] | None = None,
 ) -> Array:
-    """Raw affinity ``(n, n)`` between the units of two models for one group."""
+    """Raw affinity ``(n, n)`` between the units of two models for one group; ``weights``: the
+    edge kind's weight per parameter (:func:`edge_weights`; 1 where absent)."""
     total = None
     for a, b in zip(fa, fb, strict=True):
         s = sigmas.get(a.name)
@@ -68,6 +99,9 @@ def group_affinity(
             continue
         if kind == "edge":
             term = edge_affinity(a.x, b.x, s, kernel=kernel)
+            w = 1.0 if weights is None else weights.get(a.name, 1.0)
+            if w != 1.0:
+                term = term * w
         else:
             n = a.x.shape[0]
             term = _sqdist(xp.reshape(a.x, (n, -1)), xp.reshape(b.x, (b.x.shape[0], -1)), xp) / s

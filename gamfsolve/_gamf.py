@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._affinity import AFFINITIES, param_sigmas
+from ._affinity import AFFINITIES, BALANCES, edge_weights, param_sigmas
 from ._api import match, register_method
 from ._assign import hungarian, sinkhorn
 from ._errors import ConvergenceWarning, FusionError
@@ -50,10 +50,11 @@ class _Problem:
     """The fixed data of one solve: models, spec, kernel widths, colour classes, partners."""
 
     def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
-                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str) -> None:
+                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str) -> None:
         self.models, self.spec, self.xp = models, spec, checked.xp
         self.sizes, self.weights = checked.sizes, checked.weights
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
+        self.edge_weights = edge_weights(models, spec, sigmas, balance)
         self.universe, self.device = universe, checked.device
         self.own = None if checked.same_widths else checked.model_sizes  # narrower models' real units
         self.live = None if checked.same_widths else checked.live
@@ -72,7 +73,7 @@ class _Problem:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
-                           live=self.live)
+                           live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
@@ -143,7 +144,7 @@ def _gamf(
     affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
     sigma_scale: float = 1.0, tau0: float = 1.0, gamma: float | None = None, tau_min: float = 0.02,
     max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
-    max_iter: int = 300, init: str = "auto", universe: bool | None = None,
+    max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
 ) -> MatchResult:
     """Graduated assignment; see the module docstring. Options are keyword-only.
 
@@ -162,6 +163,8 @@ def _gamf(
         raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
     if init not in INITS:
         raise FusionError(f"init must be one of {INITS}, got {init!r}")
+    if balance not in BALANCES:
+        raise FusionError(f"balance must be one of {BALANCES}, got {balance!r}")
     uni = len(models) > 2 if universe is None else bool(universe)
     if gamma is None:
         gamma = GAMMA_UNIVERSE if uni else GAMMA_TWO
@@ -171,7 +174,7 @@ def _gamf(
     if init == "auto":
         init = "random" if uni else "uniform"
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
-    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel)
+    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance)
     maps = _init_maps(prob, init, seed, checked)
     # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
     # that spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py);
@@ -187,7 +190,8 @@ def _gamf(
     final = best[1]
     perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
     return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
-                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas, "gamma": gamma})
+                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas, "gamma": gamma,
+                                                     "balance": balance})
 
 
 def _anneal(
@@ -241,7 +245,8 @@ def _anneal(
                 tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
                 discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
             continue
-        value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp)
+        value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp,
+                                 prob.edge_weights)
         trace.append(value)
         if best is None or value > best[0]:
             best = (value, [dict(m) for m in maps])

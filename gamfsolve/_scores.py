@@ -170,10 +170,12 @@ class GroupScores:
         maps: Sequence[Mapping[str, Array]], *, pool: Sequence[int], weights: Sequence[float],
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
         live: Callable[[int, str, int | None], tuple[int, int] | None] | None = None,
+        edge_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
         self._live = live
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
+        self.edge_weights = edge_weights
         self.cache = cache
         # raw pairwise affinities waiting for their transpose: the features are fixed for the
         # life of this object (a colour class), and the kernel is symmetric, so A(X_j, X_k) is
@@ -232,6 +234,9 @@ class GroupScores:
                 if k in self.pool:
                     t = t - self.weights[k] * self.terms[f][k]
                 term = per_model[k] @ t
+            w = 1.0 if self.edge_weights is None else self.edge_weights.get(self.features[k][f].name, 1.0)
+            if w != 1.0:
+                term = term * w
             total = term if total is None else total + term
         rest = [i for i in range(len(self.features[k])) if i not in self.phi]
         if rest:
@@ -287,7 +292,7 @@ class GroupScores:
             return self.xp.permute_dims(hit, (1, 0))
         own = [self.features[k][i] for i in which]
         other = [self.features[j][i] for i in which]
-        a = group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
+        a = group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel, weights=self.edge_weights)
         size = array_nbytes(a)
         if len(self.pool) > 1 and j in self.pool and self._pending_bytes + size <= self.cache.budget:
             self._pending[k, j, which] = a  # model j's scores, later in this class, read it transposed

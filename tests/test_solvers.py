@@ -150,7 +150,8 @@ def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
 
     def unshared(self, k, j, which):
         own, other = [self.features[k][i] for i in which], [self.features[j][i] for i in which]
-        return scores.group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel)
+        return scores.group_affinity(own, other, self.sigmas, self.xp, kind=self.kind, kernel=self.kernel,
+                                     weights=self.edge_weights)
 
     calls.clear()
     monkeypatch.setattr(scores.GroupScores, "_pairwise", unshared)
@@ -182,3 +183,47 @@ def test_affinities_of_features_that_never_move_are_computed_once(monkeypatch, n
     fixed = [names for names in seen if names == ("layers.0.weight", "layers.0.bias")]
     assert len(fixed) == n_models * (n_models - 1) // 2  # one per unordered pair of models
     assert sum(names == ("layers.1.weight",) for names in seen) > 5  # the moving features are recomputed
+
+
+def test_edge_weights_make_every_weight_tensor_count_equally():
+    from gamfsolve._affinity import edge_weights, param_sigmas
+    from gamfsolve._objective import matched_affinity
+
+    rng = np.random.default_rng(3)
+    a, b = mlp([6, 9, 8, 3], rng)[0], mlp([6, 9, 8, 3], rng)[0]
+    spec = g.mlp_spec(3)
+    sigmas = param_sigmas([a, b], spec, np)
+    assert set(edge_weights([a, b], spec, sigmas, "edge").values()) == {1.0}
+    w = edge_weights([a, b], spec, sigmas, "param")
+    assert w["layers.0.weight"] == 1 / (9 * 6) and w["layers.2.weight"] == 1 / (3 * 8)
+    assert w["layers.0.bias"] == 1 / 9**2  # a vector counts 1/n of a tensor
+    # the balanced objective is the mean over weight tensors of their mean matched-edge affinity
+    tensors = {n: s for n, s in sigmas.items() if a[n].ndim > 1}
+    ident = {"h0": np.arange(9), "h1": np.arange(8)}
+    per = [np.mean(np.exp(-((a[n] - b[n]) ** 2) / s)) for n, s in tensors.items()]
+    got = matched_affinity([a, b], spec, [ident, ident], tensors, np, w)
+    assert got == pytest.approx(np.mean(per), rel=1e-12)
+    with pytest.raises(g.FusionError, match="balance"):
+        g.match([a, b], spec, method="gamf", balance="unit")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_edges_let_the_classifier_pin_the_last_hidden_layer(seed):
+    """The paper's plain sum over edges lets the 64 incoming edges of each last-hidden unit
+    outvote its 4 outgoing ones; when the incoming weights are far apart (noise 5x their
+    spread) only the classifier still says which unit is which. Balanced, every unit is found."""
+    rng = np.random.default_rng(seed)
+    base = mlp([32, 64, 16, 4], rng, bias=False)[0]
+    spec = g.mlp_spec(3, bias=False)
+    other = dict(g.permute(base, spec, random_perms(spec, base, rng)))
+    w = other["layers.1.weight"]
+    other["layers.1.weight"] = w + 5 * w.std() * rng.standard_normal(w.shape)
+    found = {}
+    for balance in ("param", "edge"):
+        r = g.match([base, other], spec, method="gamf", seed=0, balance=balance)
+        assert r.info["balance"] == balance
+        x, y = g.permute(base, spec, r.model_perms(0)), g.permute(other, spec, r.model_perms(1))
+        found[balance] = np.mean(np.all(np.isclose(x["layers.2.weight"], y["layers.2.weight"]), axis=0))
+    assert found["param"] == 1.0, found
+    if seed == 0:
+        assert found["edge"] < 1.0, found  # the unbalanced objective misses some (seed 0: 14 of 16)
