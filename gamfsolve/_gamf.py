@@ -157,7 +157,11 @@ def _gamf(
     plans for two models; random plans, the paper's, in the universe: from uniform plans the
     universe's symmetry is broken late and greedily, measured 4-11 points lower on LeNet N = 4), "uniform",
     "identity", "random" (the paper's) or "weight_matching"; ``universe``: Alg. 2 for all
-    models (default when N > 2) instead of aligning to model 0.
+    models (default when N > 2) instead of aligning to model 0; ``balance``: "param" (each weight
+    tensor's edges weighed by 1 / its edge count, so a unit hears each of its layers equally:
+    measured on MNIST MLPs, N = 2 hetero +1.6 +- 0.3 points over 25 pairs, N = 4 hetero +4.0 +- 0.8)
+    or "edge" (the paper's plain sum over edges); see ``_affinity``. ``result.info`` reports
+    ``universe``, ``affinity``, ``sigmas``, ``gamma`` and ``balance``.
     """
     if affinity not in AFFINITIES:
         raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
