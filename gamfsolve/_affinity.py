@@ -64,9 +64,8 @@ def param_sigmas(
 def edge_weights(
     models: Sequence[Mapping[str, Array]], spec: PermutationSpec, sigmas: Mapping[str, float], balance: str,
 ) -> dict[str, float]:
-    """Weight of each edge of every parameter in ``sigmas`` (see the module docstring)."""
-    if balance not in BALANCES:
-        raise FusionError(f"balance must be one of {BALANCES}, got {balance!r}")
+    """Weight of each edge of every parameter in ``sigmas`` for ``balance`` in :data:`BALANCES`
+    (see the module docstring); the caller checks ``balance``."""
     out = {}
     for name in sigmas:
         shape = tuple(models[0][name].shape)

@@ -14,7 +14,9 @@ Departures from the released research code, each fixing a measured failure
 each parameter's scale; groups are updated Gauss-Seidel by colour classes (groups that share
 no parameter are updated together), which removes the 2-cycles of simultaneous updates;
 a stage ends when the plans stop moving; the discrete stage stops at a fixed point or a
-2-cycle and returns the best iterate it saw.
+2-cycle and returns the best iterate it saw. And one departure from the paper's objective:
+each weight tensor's edges are weighed by 1 / its edge count (``balance="param"``,
+``_affinity.edge_weights``), so a unit hears each of its layers equally.
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def _gamf(
     models (default when N > 2) instead of aligning to model 0; ``balance``: "param" (each weight
     tensor's edges weighed by 1 / its edge count, so a unit hears each of its layers equally:
     measured on MNIST MLPs, N = 2 hetero +1.6 +- 0.3 points over 25 pairs, N = 4 hetero +4.0 +- 0.8)
-    or "edge" (the paper's plain sum over edges); see ``_affinity``. ``result.info`` reports
+    or "edge" (the paper's plain sum over edges); see ``_affinity``. It also weighs the objective
+    that picks the best Hungarian iterate, whatever the ``affinity``. ``result.info`` reports
     ``universe``, ``affinity``, ``sigmas``, ``gamma`` and ``balance``.
     """
     if affinity not in AFFINITIES:

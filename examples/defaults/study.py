@@ -31,6 +31,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ot": ("ot", {}),
     "weight_matching": ("weight_matching", {}),
     "gamf (default)": ("gamf", {}),
+    "gamf balance=edge (paper's sum)": ("gamf", {"balance": "edge"}),
     "gamf affinity=node": ("gamf", {"affinity": "node"}),
     "gamf sigma_scale=0.5": ("gamf", {"sigma_scale": 0.5}),
     "gamf sigma_scale=2": ("gamf", {"sigma_scale": 2.0}),
