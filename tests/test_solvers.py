@@ -197,6 +197,8 @@ def test_edge_weights_make_every_weight_tensor_count_equally():
     w = edge_weights([a, b], spec, sigmas, "param")
     assert w["layers.0.weight"] == 1 / (9 * 6) and w["layers.2.weight"] == 1 / (3 * 8)
     assert w["layers.0.bias"] == 1 / 9**2  # a vector counts 1/n of a tensor
+    z = edge_weights([a, b], spec, sigmas, "sqrt")
+    assert z["layers.1.weight"] == pytest.approx((8 * 9) ** -0.5) and z["layers.0.bias"] == pytest.approx(9**-0.5)
     # the balanced objective is the mean over weight tensors of their mean matched-edge affinity
     tensors = {n: s for n, s in sigmas.items() if a[n].ndim > 1}
     ident = {"h0": np.arange(9), "h1": np.arange(8)}

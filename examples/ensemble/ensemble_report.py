@@ -191,6 +191,18 @@ NOTES = [
     "-1.0 ± 0.8 (30 seeds), N = 4 +4.5 ± 2.8 and +2.8 ± 0.8 (10). Against weight matching, the plain sum "
     "was behind on MLP N = 2 hetero (-0.6 ± 0.4 over 20 new seeds, -1.2 ± 0.5 on the protocol's 5); "
     "balanced, ahead (+1.0 ± 0.4 over the 20).",
+    "- Not the last word on balancing (session 12, lab runs on new models: LeNet and MLP N = 2 seeds 20-39, "
+    "N = 4 the seeds named above). LeNet pairs, not measured before choosing the default, do worse balanced: "
+    "against weight matching, the plain sum -3.2 ± 1.3 (hetero) and -0.9 ± 0.6 (homog), `balance='param'` "
+    "-3.0 ± 1.7 and -2.3 ± 0.9 (20 pairs each; the protocol's own five pairs are behind too, 84.3 and 91.7). "
+    "Weighing each tensor by 1 / sqrt(edges) instead (`balance='sqrt'`, now an option: each tensor's sum in "
+    "units of its own noise, a sum of z-scores) is ahead of the plain sum in every cell measured (LeNet N = 2 "
+    "hetero +4.5 ± 1.2, homog +1.1 ± 0.4; MLP N = 2 hetero +0.8 ± 0.3, N = 4 hetero +2.5 ± 0.8, homog "
+    "+0.2 ± 0.1) and level with or ahead of weight matching on those LeNet pairs (+1.3 ± 0.9, +0.2 ± 0.6), "
+    "but behind 'param' on MLPs (N = 2 hetero -0.7 ± 0.2, N = 4 hetero -1.4 ± 0.5) and LeNet N = 4 hetero "
+    "(-4.8 ± 2.1, 5 seeds). An exponent between, 1 / edges^0.75, was level with weight matching on the "
+    "LeNet pairs (+0.0 ± 0.9, +0.2 ± 0.7) and ahead on MLP N = 2 hetero (+1.0 ± 0.4, 'param' +1.2); "
+    "not yet measured on biases or N = 4 beyond 5 MLP seeds, so not the default.",
     "- Many models, the annealing (session 11): slower annealing in the universe, `gamma` 0.85 instead of "
     "0.7 (now the default there; two models keep 0.7). Measured on a second set of trained models (the "
     "protocol's code, trained in session 6), 3 data seeds x 5 solver seeds, paired per fusion: LeNet N = 4 "
