@@ -162,10 +162,11 @@ def _gamf(
     models (default when N > 2) instead of aligning to model 0; ``balance``: "param" (each weight
     tensor's edges weighed by 1 / its edge count, so a unit hears each of its layers equally:
     measured on MNIST MLPs, N = 2 hetero +1.6 +- 0.3 points over 25 pairs, N = 4 hetero +4.0 +- 0.8)
-    or "sqrt" (1 / sqrt of the edge count: ahead of "param" on LeNet pairs, +3.5 points over 40
-    pairs, behind it on MLPs) or "edge" (the paper's plain sum over edges); see ``_affinity``. It also weighs the objective
-    that picks the best Hungarian iterate, whatever the ``affinity``. ``result.info`` reports
-    ``universe``, ``affinity``, ``sigmas``, ``gamma`` and ``balance``.
+    or "sqrt" (1 / sqrt of the edge count: ahead of "param" on LeNet pairs, +3.4 points over 40
+    pairs, behind it on MLPs) or "edge" (the paper's plain sum over edges); see ``_affinity``.
+    It also weighs the objective that picks the best Hungarian iterate, whatever the
+    ``affinity``. ``result.info`` reports ``universe``, ``affinity``, ``sigmas``, ``gamma`` and
+    ``balance``.
     """
     if affinity not in AFFINITIES:
         raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
