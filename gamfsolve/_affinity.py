@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._errors import FusionError
+from ._errors import OptionError
 from ._features import Feature, edge_dims
 from ._kernels import edge_affinity
 from ._spec import PermutationSpec
@@ -60,7 +60,7 @@ def param_sigmas(
                 out[name] = scale * 2.0 * edge_dims(tuple(models[0][name].shape), entries) * var
     for name, value in out.items():
         if not value > 0:
-            raise FusionError(f"sigma for {name!r} must be positive, got {value}")
+            raise OptionError(f"sigma for {name!r} must be positive, got {value}")
     return out
 
 

@@ -8,14 +8,14 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
-from ._errors import FusionError
+from ._errors import FusionError, OptionError
 from ._permute import permute
 from ._result import MatchResult
 from ._spec import PermutationSpec
 from ._validate import Checked, check_models, check_weights
 from ._xp import namespace
 
-__all__ = ["METHODS", "fuse", "match", "merge", "register_method"]
+__all__ = ["METHODS", "check_options", "fuse", "match", "merge", "register_method"]
 
 Array = Any
 Model = Mapping[str, Array]
@@ -43,8 +43,13 @@ def _solver(method: str, options: Mapping[str, Any]) -> Solver:
     allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "seed"]
     unknown = [k for k in options if k not in allowed]
     if unknown:
-        raise FusionError(f"unknown option(s) {unknown} for method {method!r}; valid options: {allowed}")
+        raise OptionError(f"unknown option(s) {unknown} for method {method!r}; valid options: {allowed}")
     return func
+
+
+def check_options(method: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`FusionError` for an unknown method, :class:`OptionError` for an unknown option name."""
+    _solver(method, options)
 
 
 def match(

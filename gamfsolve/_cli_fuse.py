@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from ._api import check_options
 from ._cli_common import EXIT_MISMATCH, CliError, write_atomic
 from ._cli_formats import kind_of, load
-from ._errors import FusionError
+from ._errors import FusionError, OptionError
 from ._result import MatchResult
 
 __all__ = ["run_fuse"]
@@ -47,6 +50,24 @@ def _check_args(inputs: Sequence[Path], output: Path, args: argparse.Namespace) 
         raise CliError(f"{output} exists; pass --force to replace it")
 
 
+def method_options(pairs: Sequence[str] | None, method: str) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs as keyword options of ``method``, names checked before any file is read."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    try:
+        check_options(method, out)
+    except OptionError as exc:
+        raise CliError(f"--option: {exc}") from exc
+    return out
+
+
 def _report(description: str, result: MatchResult, sizes: dict[str, int], output: Path) -> None:
     n = result.n_models
     print(f"fused {n} {description} models with {result.method} -> {output}")
@@ -73,11 +94,16 @@ def run_fuse(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
     output = Path(args.output)
     _check_args(inputs, output, args)
+    options = method_options(args.option, args.method)
     loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
     try:
-        result = gamfsolve.match(loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed)
+        result = gamfsolve.match(
+            loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed, **options
+        )
         sizes = {g: int(p[0].shape[0]) for g, p in result.perms.items()}  # the universe's (widest) counts
         fused = gamfsolve.merge(loaded.arrays, loaded.spec, result, weights=args.weights)
+    except OptionError as exc:  # a value only the method can judge (an unknown choice, a range)
+        raise CliError(f"--option: {exc}") from exc
     except FusionError as exc:
         raise CliError(f"cannot fuse {', '.join(map(str, inputs))}: {exc}", EXIT_MISMATCH) from exc
     write_atomic(output, lambda tmp: loaded.write(fused, tmp))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError"]
+__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError", "OptionError"]
 
 
 class FusionError(ValueError):
@@ -11,6 +11,10 @@ class FusionError(ValueError):
 
 class FusionTypeError(FusionError, TypeError):
     """Input of the wrong kind: an integer array, mixed array libraries, a non-array."""
+
+
+class OptionError(FusionError):
+    """A method option with an invalid value (an unknown choice, a schedule out of range)."""
 
 
 class ConvergenceWarning(UserWarning):

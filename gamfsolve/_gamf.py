@@ -30,7 +30,7 @@ import numpy as np
 from ._affinity import AFFINITIES, BALANCES, edge_weights, param_sigmas
 from ._api import match, register_method
 from ._assign import hungarian, sinkhorn
-from ._errors import ConvergenceWarning, FusionError
+from ._errors import ConvergenceWarning, FusionError, OptionError
 from ._features import color_groups
 from ._kernels._numba import available as numba_available
 from ._kernels._threads import one_blas_thread
@@ -169,16 +169,16 @@ def _gamf(
     ``balance``.
     """
     if affinity not in AFFINITIES:
-        raise FusionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
+        raise OptionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
     if init not in INITS:
-        raise FusionError(f"init must be one of {INITS}, got {init!r}")
+        raise OptionError(f"init must be one of {INITS}, got {init!r}")
     if balance not in BALANCES:
-        raise FusionError(f"balance must be one of {BALANCES}, got {balance!r}")
+        raise OptionError(f"balance must be one of {BALANCES}, got {balance!r}")
     uni = len(models) > 2 if universe is None else bool(universe)
     if gamma is None:
         gamma = GAMMA_UNIVERSE if uni else GAMMA_TWO
     if not (0 < gamma < 1 and tau0 > tau_min > 0):
-        raise FusionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
+        raise OptionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
     xp = checked.xp
     if init == "auto":
         init = "random" if uni else "uniform"

@@ -1,7 +1,8 @@
 """The ``gamfsolve`` command line: ``demo``, ``fuse`` and ``bench``.
 
-Exit status: 0 success; 2 bad usage (arguments, unknown or mixed file formats, an output that
-would overwrite an input, a missing optional dependency); 3 an input file that cannot be read
+Exit status: 0 success; 2 bad usage (arguments, a method option the method does not have or
+a value it rejects, unknown or mixed file formats, an output that would overwrite an input, a
+missing optional dependency); 3 an input file that cannot be read
 or is not a model of the expected kind; 4 models that cannot be fused together (different
 architectures or shapes); 5 the output cannot be written. Messages go to standard error.
 """
@@ -22,7 +23,7 @@ _METHOD_CHOICES = ("gamf", "weight_matching", "ot", "average")
 _EPILOG = """\
 exit status:
   0  success
-  2  bad usage: arguments, unknown or mixed formats, output over an input, missing extra
+  2  bad usage: arguments, a bad --option, unknown or mixed formats, output over an input, missing extra
   3  an input file cannot be read, or is not a model of the expected kind
   4  the models cannot be fused (different architectures or shapes)
   5  the output cannot be written
@@ -83,6 +84,13 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
         "(default: the factory's example_inputs attribute, if any)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed for randomised solvers")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method option, repeatable, e.g. --option balance=sqrt --option max_iter=100; VALUE is read "
+        "as JSON when it parses (numbers, true, false, null), else as text",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 

@@ -158,6 +158,23 @@ def test_fuse_state_dicts_with_weights_and_gamf(work: Path, capsys: pytest.Captu
     assert set(gt.to_arrays(fused)) == set(gt.to_arrays(modules[0]))
 
 
+def test_fuse_passes_method_options(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    modules = [_module(s) for s in range(2)]
+    for k, m in enumerate(modules):
+        gt.save_state(m, work / f"m{k}.pt")
+    args = ["fuse", "m0.pt", "m1.pt", "-o", "out.pt", "--model", FACTORY, "--input-shape", "12", "--seed", "0"]
+    status, out, err = _run(capsys, *args, "--option", "balance=sqrt", "--option", "max_iter=80")
+    assert status == 0, err
+    spec = gt.spec_from_module(modules[0], torch.randn(2, 12))
+    arrays = [{k: v.numpy() for k, v in gt.to_arrays(m).items()} for m in modules]
+    _close(gt.to_arrays(gt.load_state(work / "out.pt", FACTORY)),
+           gamfsolve.fuse(arrays, spec, method="gamf", seed=0, balance="sqrt", max_iter=80))
+    # a value only the method can judge is still a usage error, and nothing is written
+    status, out, err = _run(capsys, *args[:4], "bad.pt", *args[5:], "--option", "balance=unit")
+    assert status == 2 and "balance must be one of" in err and out == ""
+    assert not (work / "bad.pt").exists()
+
+
 def test_fuse_export_programs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     modules = [_module(s) for s in range(2)]
     for k, m in enumerate(modules):
@@ -252,6 +269,8 @@ FAILURES = {
     "state dict of another architecture": (["m0.pt", "wide.pt", "-o", "o.pt", *SD], 4, "architecture"),
     "program of another architecture": (["m0.pt2", "four.pt2", "-o", "o.pt2"], 4, "only along permuted axes"),
     "no output folder": (["m0.pt", "m1.pt", "-o", "no/such/dir/o.pt", *SD], 5, "does not exist"),
+    "option the method lacks": (["m0.pt", "m1.pt", "-o", "o.pt", *SD, "--option", "balance=sqrt"], 2, "unknown option"),
+    "option without a value": (["m0.pt", "m1.pt", "-o", "o.pt", *SD, "--option", "balance"], 2, "KEY=VALUE"),
 }
 
 

@@ -100,7 +100,10 @@ def test_inputs_are_not_mutated(pair, method):
 
 def test_bad_schedule(pair):
     models, spec = pair
-    with pytest.raises(FusionError, match="gamma"):
+    with pytest.raises(g.OptionError, match="gamma"):
         g.match(models, spec, method="gamf", gamma=1.5)
-    with pytest.raises(FusionError, match="init"):
+    with pytest.raises(g.OptionError, match="init"):
         g.match(models, spec, method="gamf", init="zeros")
+    with pytest.raises(g.OptionError, match=r"unknown option\(s\) \['temperature'\]"):
+        g.match(models, spec, method="gamf", temperature=0.1)
+    assert issubclass(g.OptionError, FusionError)  # code that catches FusionError still does

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import FusionError
+from .._errors import FusionError, OptionError
 from .._xp import clip, is_floating, namespace, on_accelerator
 from . import _cuda, _factorised, _numba
 from ._matmul import edge_affinity_matmul
@@ -104,7 +104,7 @@ AUTO_MIN_SIDE_NUMBA = 256
 
 def _check_kernel(kernel: str) -> str:
     if kernel not in KERNELS:
-        raise FusionError(f"unknown kernel {kernel!r}; choose one of {list(KERNELS)}")
+        raise OptionError(f"unknown kernel {kernel!r}; choose one of {list(KERNELS)}")
     return kernel
 
 
