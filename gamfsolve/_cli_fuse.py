@@ -50,7 +50,7 @@ def _check_args(inputs: Sequence[Path], output: Path, args: argparse.Namespace) 
         raise CliError(f"{output} exists; pass --force to replace it")
 
 
-def method_options(pairs: Sequence[str] | None, method: str) -> dict[str, Any]:
+def _method_options(pairs: Sequence[str] | None, method: str) -> dict[str, Any]:
     """``--option KEY=VALUE`` pairs as keyword options of ``method``, names checked before any file is read."""
     out: dict[str, Any] = {}
     for pair in pairs or ():
@@ -94,7 +94,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
     output = Path(args.output)
     _check_args(inputs, output, args)
-    options = method_options(args.option, args.method)
+    options = _method_options(args.option, args.method)
     loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
     try:
         result = gamfsolve.match(

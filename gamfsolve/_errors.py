@@ -14,7 +14,7 @@ class FusionTypeError(FusionError, TypeError):
 
 
 class OptionError(FusionError):
-    """A method option with an invalid value (an unknown choice, a schedule out of range)."""
+    """An unknown method option, or one with an invalid value (an unknown choice, a schedule out of range)."""
 
 
 class ConvergenceWarning(UserWarning):
