@@ -207,7 +207,12 @@ NOTES = [
     "weighed as in 'param', the 0.75 exponent against 'param': MLPs with biases N = 2 hetero +0.4 ± 0.3, "
     "N = 4 hetero -0.7 ± 0.3 (10 seeds), bias-free MLP N = 4 hetero -0.2 ± 0.4 (7), LeNet N = 4 hetero "
     "-5.5 ± 4.3 (5), homog -1.8 ± 1.6 (3): what it gains on LeNet pairs it gives back at N = 4, so "
-    "'param' stays the default.",
+    "'param' stays the default. Two more lab rules, 20 new pairs per LeNet cell: balancing only the dense "
+    "tensors (conv tensors weighed per edge like fc1) recovers +2.2 ± 1.4 (hetero) and +1.2 ± 0.7 (homog) of "
+    "what 'param' loses on LeNet pairs, still 2.2 and 1.2 behind 'sqrt'; 'sqrt' with the classifier balanced "
+    "against the last hidden layer's incoming tensor is level with 'param' on MLPs (N = 2 hetero +0.1 ± 0.2, "
+    "N = 4 hetero -0.2 ± 0.3) but 2.0 ± 0.7 behind 'sqrt' on LeNet hetero pairs: the classifier that pins an "
+    "MLP's last hidden layer misleads LeNet's, and no fixed weighting measured is best on both.",
     "- Many models, the annealing (session 11): slower annealing in the universe, `gamma` 0.85 instead of "
     "0.7 (now the default there; two models keep 0.7). Measured on a second set of trained models (the "
     "protocol's code, trained in session 6), 3 data seeds x 5 solver seeds, paired per fusion: LeNet N = 4 "
