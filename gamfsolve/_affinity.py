@@ -18,8 +18,8 @@ matched-edge affinity and each unit hears each of its layers equally. A vector o
 (bias, norm scale or shift, running statistic) has one edge per unit, no more information than
 one more edge of a weight: it gets ``1 / |E_f|^2``, i.e. counts ``1 / n`` of a tensor.
 ``balance="sqrt"`` weighs by ``1 / sqrt(|E_f|)``: each tensor's sum in units of its own noise
-(a sum of z-scores), between the two; measured better than ``"param"`` on bias-free LeNet pairs
-and behind it on MLPs, with biases most (README, Results).
+(a sum of z-scores), between the two; measured better than ``"param"`` on some sets of bias-free
+LeNet pairs, worse on others, and behind it on MLPs, with biases most (examples/ensemble/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ each ``(parameter, axis)`` pair on which ``g`` acts gives a tensor of shape ``(n
 axes after they have been put in the common order (by the current permutations or soft
 plans of their groups). For parameters with three or more axes (convolutions) the fixed
 axes form each edge's vector (a ``k x k`` kernel slice); otherwise every scalar is an edge.
-A bias or normalisation vector gives ``E = D = 1``: a node attribute.
+An axis that is one ``Blocks`` run (a flattened ``C x H x W`` feature map read by a dense
+layer) is split into ``(outer, C, inner)``: the ``outer * inner`` positions of a channel join
+the edge's vector, so a channel's edge to a dense unit is its ``H x W`` map of weights, as a
+convolution's edge is its kernel slice (and a channels-first and a channels-last flatten give
+the same edges). A bias or normalisation vector gives ``E = D = 1``: a node attribute.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ._permute import _segment_lengths, apply_maps, run_sizes
-from ._spec import PermutationSpec, segments_of
+from ._spec import Blocks, PermutationSpec, segments_of
 
-__all__ = ["Feature", "color_groups", "edge_dims", "unit_features"]
+__all__ = ["Feature", "color_groups", "edge_dims", "edge_layout", "edge_rows", "unit_features"]
 
 Array = Any
 
@@ -32,10 +36,32 @@ class Feature(NamedTuple):
 
 
 def edge_dims(shape: tuple[int, ...], entries: tuple[Any, ...]) -> int:
-    """``D``: numbers per edge, the product of the fixed axes of a parameter with >= 3 axes."""
-    if len(shape) < 3:
-        return 1
-    return math.prod(s for s, e in zip(shape, entries, strict=True) if e is None)
+    """``D``: numbers per edge: the fixed axes of a parameter with >= 3 axes, times the
+    ``outer * inner`` positions of every axis that is one ``Blocks`` run."""
+    return math.prod(s for s, r in zip(*edge_layout(shape, entries), strict=True) if r == "v")
+
+
+def edge_layout(shape: tuple[int, ...], entries: tuple[Any, ...]) -> tuple[list[int], list[str]]:
+    """``shape`` with every ``Blocks`` axis split into ``(outer, n, inner)``, and each resulting
+    axis's role: ``"e"`` (indexes edges) or ``"v"`` (indexes numbers within an edge's vector)."""
+    sizes: list[int] = []
+    roles: list[str] = []
+    for size, entry in zip(shape, entries, strict=True):
+        if isinstance(entry, Blocks):
+            sizes += [entry.outer, size // (entry.outer * entry.inner), entry.inner]
+            roles += ["v", "e", "v"]
+        else:
+            sizes.append(size)
+            roles.append("v" if entry is None and len(shape) >= 3 else "e")
+    return sizes, roles
+
+
+def edge_rows(x: Array, entries: tuple[Any, ...], xp: Any) -> Array:
+    """All edges of one parameter as rows ``(|E|, D)``."""
+    sizes, roles = edge_layout(tuple(x.shape), entries)
+    order = [i for i, r in enumerate(roles) if r == "e"] + [i for i, r in enumerate(roles) if r == "v"]
+    x = xp.permute_dims(xp.reshape(x, tuple(sizes)), tuple(order))
+    return xp.reshape(x, (-1, math.prod(s for s, r in zip(sizes, roles, strict=True) if r == "v")))
 
 
 def _unit_slice(x: Array, axis: int, entry: Any, group: str, sizes: Mapping[str, int], xp: Any) -> Array:
@@ -76,14 +102,24 @@ def unit_features(
             continue
         entries = spec.axes[name]
         x = apply_maps(params[name], entries, maps, xp, skip=axis)
-        d = edge_dims(tuple(x.shape), entries)
         units = _unit_slice(x, axis, entries[axis], group, sizes, xp)
-        # units: (n, outer, inner, *rest); rest = other axes in order; fixed ones go last when D > 1
-        rest = [a for a in range(x.ndim) if a != axis]
-        if d > 1:
-            edge_axes = [3 + i for i, a in enumerate(rest) if entries[a] is not None]
-            vec_axes = [3 + i for i, a in enumerate(rest) if entries[a] is None]
-            units = xp.permute_dims(units, (0, 1, 2, *edge_axes, *vec_axes))
+        # units: (n, outer, inner, *rest), rest = the other axes in order; their roles as in the
+        # whole parameter's edges, and the unit's own (outer, inner) positions join the vector
+        # when its axis is one Blocks run
+        sizes_all, roles_all = edge_layout(tuple(x.shape), entries)
+        starts = [0]
+        for entry in entries:
+            starts.append(starts[-1] + (3 if isinstance(entry, Blocks) else 1))
+        own = "v" if isinstance(entries[axis], Blocks) else "e"
+        shape, roles = list(units.shape[:3]), [own, own]
+        for a in range(x.ndim):
+            if a != axis:
+                shape += sizes_all[starts[a] : starts[a + 1]]
+                roles += roles_all[starts[a] : starts[a + 1]]
+        units = xp.reshape(units, tuple(shape))
+        order = [0] + [1 + i for i, r in enumerate(roles) if r == "e"] + [1 + i for i, r in enumerate(roles) if r == "v"]
+        units = xp.permute_dims(units, tuple(order))
+        d = math.prod(s for s, r in zip(shape[1:], roles, strict=True) if r == "v")
         out.append(Feature(name, axis, xp.reshape(units, (n, -1, d))))
     return out
 

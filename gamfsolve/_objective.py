@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._features import edge_dims
+from ._features import edge_rows
 from ._permute import apply_maps
 from ._spec import PermutationSpec
 
@@ -33,17 +33,9 @@ def matched_affinity(
         for j in range(i + 1, len(models)):
             for name, s in sigmas.items():
                 x, y = aligned[i][name], aligned[j][name]
-                diff = _edges(x - y, spec.axes[name], xp)
+                diff = edge_rows(x - y, spec.axes[name], xp)
                 w = 1.0 if edge_weights is None else edge_weights.get(name, 1.0)
                 total += w * float(xp.sum(xp.exp(-xp.sum(diff * diff, axis=1) / s)))
                 count += w * diff.shape[0]
     return total / count if count else 0.0
 
-
-def _edges(x: Array, entries: tuple[Any, ...], xp: Any) -> Array:
-    """Rows of edge vectors ``(-1, D)``: fixed axes last when the parameter has >= 3 axes."""
-    d = edge_dims(tuple(x.shape), entries)
-    if d > 1:
-        order = [a for a, e in enumerate(entries) if e is not None] + [a for a, e in enumerate(entries) if e is None]
-        x = xp.permute_dims(x, tuple(order))
-    return xp.reshape(x, (-1, d))

@@ -229,3 +229,54 @@ def test_balanced_edges_let_the_classifier_pin_the_last_hidden_layer(seed):
     assert found["param"] == 1.0, found
     if seed == 0:
         assert found["edge"] < 1.0, found  # the unbalanced objective misses some (seed 0: 14 of 16)
+
+
+def _channels_last(params: dict, spec: g.PermutationSpec, hw: int) -> tuple[dict, g.PermutationSpec]:
+    """The same network with its dense head reading a channels-last (H, W, C) flatten."""
+    w = params["fc.weight"]
+    c = w.shape[1] // (hw * hw)
+    out = dict(params)
+    out["fc.weight"] = w.reshape(w.shape[0], c, hw, hw).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    axes = dict(spec.axes)
+    axes["fc.weight"] = (None, g.Blocks(spec.axes["fc.weight"][1].group, outer=hw * hw))
+    return out, g.PermutationSpec(axes)
+
+
+def test_a_flattened_map_is_one_vector_edge_per_channel():
+    """A dense layer reading a flattened (C, H, W) map: each (output, channel) edge is the
+    channel's H x W map of weights, one vector, as a convolution's edge is its kernel slice."""
+    from gamfsolve._affinity import param_sigmas
+    from gamfsolve._features import edge_dims, unit_features
+    from gamfsolve._objective import matched_affinity
+
+    rng = np.random.default_rng(0)
+    a, spec, _ = conv_chain([2, 5, 6], rng, hw=3, n_out=4)
+    b = conv_chain([2, 5, 6], rng, hw=3, n_out=4)[0]
+    assert edge_dims(a["fc.weight"].shape, spec.axes["fc.weight"]) == 9
+    (feat,) = unit_features(a, spec, "c1", {"c0": 5, "c1": 6}, {}, np, only={"fc.weight"})
+    assert feat.x.shape == (6, 4, 9)
+    np.testing.assert_array_equal(feat.x[2, 1], a["fc.weight"][1, 18:27])  # channel 2's map for output 1
+    sig = param_sigmas([a, b], spec, np)["fc.weight"]
+    var = (np.var(a["fc.weight"]) + np.var(b["fc.weight"])) / 2
+    assert sig == pytest.approx(2 * 9 * var)
+    ident = {"c0": np.arange(5), "c1": np.arange(6)}
+    d = (a["fc.weight"] - b["fc.weight"]).reshape(4, 6, 9)
+    want = np.mean(np.exp(-np.sum(d * d, axis=2) / sig))
+    got = matched_affinity([a, b], spec, [ident, ident], {"fc.weight": sig}, np)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("n_models", [2, 3])
+def test_channels_first_and_channels_last_flatten_match_alike(n_models):
+    """The layout of a flatten is the framework's business, not the matching's: the same
+    networks with a channels-last head get the same permutations and objective."""
+    rng = np.random.default_rng(5)
+    base, spec, _ = conv_chain([3, 6, 5], rng, hw=3)
+    models = [base] + [noisy(g.permute(base, spec, random_perms(spec, base, rng)), 0.3, rng) for _ in range(n_models - 1)]
+    last = [_channels_last(m, spec, 3) for m in models]
+    first_r = g.match(models, spec, method="gamf", seed=0)
+    last_r = g.match([m for m, _ in last], last[0][1], method="gamf", seed=0)
+    for k in range(n_models):
+        for grp, p in first_r.model_perms(k).items():
+            np.testing.assert_array_equal(to_numpy(p), to_numpy(last_r.model_perms(k)[grp]))
+    assert first_r.objective[-1] == pytest.approx(last_r.objective[-1], rel=1e-9)
