@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from ._permute import _segment_lengths, apply_maps, run_sizes
 from ._spec import Blocks, PermutationSpec, segments_of
 
-__all__ = ["Feature", "color_groups", "edge_dims", "edge_layout", "edge_rows", "unit_features"]
+__all__ = ["Feature", "color_groups", "edge_dims", "edge_rows", "unit_features"]
 
 Array = Any
 
@@ -38,30 +38,34 @@ class Feature(NamedTuple):
 def edge_dims(shape: tuple[int, ...], entries: tuple[Any, ...]) -> int:
     """``D``: numbers per edge: the fixed axes of a parameter with >= 3 axes, times the
     ``outer * inner`` positions of every axis that is one ``Blocks`` run."""
-    return math.prod(s for s, r in zip(*edge_layout(shape, entries), strict=True) if r == "v")
+    return math.prod(s for sizes, roles in edge_layout(shape, entries) for s, r in zip(sizes, roles, strict=True) if r == "v")
 
 
-def edge_layout(shape: tuple[int, ...], entries: tuple[Any, ...]) -> tuple[list[int], list[str]]:
-    """``shape`` with every ``Blocks`` axis split into ``(outer, n, inner)``, and each resulting
-    axis's role: ``"e"`` (indexes edges) or ``"v"`` (indexes numbers within an edge's vector)."""
-    sizes: list[int] = []
-    roles: list[str] = []
+def edge_layout(shape: tuple[int, ...], entries: tuple[Any, ...]) -> list[tuple[list[int], list[str]]]:
+    """Per axis: its sizes (a ``Blocks`` axis split into ``(outer, n, inner)``) and their roles,
+    ``"e"`` (indexes edges) or ``"v"`` (indexes numbers within an edge's vector)."""
+    out = []
     for size, entry in zip(shape, entries, strict=True):
         if isinstance(entry, Blocks):
-            sizes += [entry.outer, size // (entry.outer * entry.inner), entry.inner]
-            roles += ["v", "e", "v"]
+            out.append(([entry.outer, size // (entry.outer * entry.inner), entry.inner], ["v", "e", "v"]))
         else:
-            sizes.append(size)
-            roles.append("v" if entry is None and len(shape) >= 3 else "e")
-    return sizes, roles
+            out.append(([size], ["v" if entry is None and len(shape) >= 3 else "e"]))
+    return out
+
+
+def _edges_last(x: Array, sizes: list[int], roles: list[str], lead: int, xp: Any) -> Array:
+    """``x`` as ``(*x.shape[:lead], |E|, D)``: its other axes split into ``sizes``, edge axes first."""
+    head = tuple(x.shape[:lead])
+    x = xp.reshape(x, (*head, *sizes))
+    order = [lead + i for i, r in enumerate(roles) if r == "e"] + [lead + i for i, r in enumerate(roles) if r == "v"]
+    x = xp.permute_dims(x, (*range(lead), *order))
+    return xp.reshape(x, (*head, -1, math.prod(s for s, r in zip(sizes, roles, strict=True) if r == "v")))
 
 
 def edge_rows(x: Array, entries: tuple[Any, ...], xp: Any) -> Array:
     """All edges of one parameter as rows ``(|E|, D)``."""
-    sizes, roles = edge_layout(tuple(x.shape), entries)
-    order = [i for i, r in enumerate(roles) if r == "e"] + [i for i, r in enumerate(roles) if r == "v"]
-    x = xp.permute_dims(xp.reshape(x, tuple(sizes)), tuple(order))
-    return xp.reshape(x, (-1, math.prod(s for s, r in zip(sizes, roles, strict=True) if r == "v")))
+    layout = edge_layout(tuple(x.shape), entries)
+    return _edges_last(x, [s for sz, _ in layout for s in sz], [r for _, rl in layout for r in rl], 0, xp)
 
 
 def _unit_slice(x: Array, axis: int, entry: Any, group: str, sizes: Mapping[str, int], xp: Any) -> Array:
@@ -95,7 +99,6 @@ def unit_features(
     ``sizes`` holds the unit count of every group; ``only``, if given, restricts to those
     parameter names.
     """
-    n = sizes[group]
     out = []
     for name, axis in spec.users(group):
         if only is not None and name not in only:
@@ -103,24 +106,16 @@ def unit_features(
         entries = spec.axes[name]
         x = apply_maps(params[name], entries, maps, xp, skip=axis)
         units = _unit_slice(x, axis, entries[axis], group, sizes, xp)
-        # units: (n, outer, inner, *rest), rest = the other axes in order; their roles as in the
-        # whole parameter's edges, and the unit's own (outer, inner) positions join the vector
-        # when its axis is one Blocks run
-        sizes_all, roles_all = edge_layout(tuple(x.shape), entries)
-        starts = [0]
-        for entry in entries:
-            starts.append(starts[-1] + (3 if isinstance(entry, Blocks) else 1))
+        # units: (n, outer, inner, *rest), rest = the other axes in order, laid out as in the
+        # whole parameter's edges; the unit's own (outer, inner) positions join the vector when
+        # its axis is one Blocks run
         own = "v" if isinstance(entries[axis], Blocks) else "e"
-        shape, roles = list(units.shape[:3]), [own, own]
-        for a in range(x.ndim):
+        dims, roles = list(units.shape[1:3]), [own, own]
+        for a, (sz, rl) in enumerate(edge_layout(tuple(x.shape), entries)):
             if a != axis:
-                shape += sizes_all[starts[a] : starts[a + 1]]
-                roles += roles_all[starts[a] : starts[a + 1]]
-        units = xp.reshape(units, tuple(shape))
-        order = [0] + [1 + i for i, r in enumerate(roles) if r == "e"] + [1 + i for i, r in enumerate(roles) if r == "v"]
-        units = xp.permute_dims(units, tuple(order))
-        d = math.prod(s for s, r in zip(shape[1:], roles, strict=True) if r == "v")
-        out.append(Feature(name, axis, xp.reshape(units, (n, -1, d))))
+                dims += sz
+                roles += rl
+        out.append(Feature(name, axis, _edges_last(units, dims, roles, 1, xp)))
     return out
 
 
