@@ -8,17 +8,19 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras
 import numpy as np
 import pytest
-import torch
-from gamfsolve.adapters import convert
-from gamfsolve.adapters import keras as gk
-from keras import layers
-from torch import nn
 
-from gamfsolve import FusionError, FusionTypeError
-from gamfsolve.datasets import Dataset, load_images
+keras = pytest.importorskip("keras")
+
+import torch  # noqa: E402
+from gamfsolve.adapters import convert  # noqa: E402
+from gamfsolve.adapters import keras as gk  # noqa: E402
+from keras import layers  # noqa: E402
+from torch import nn  # noqa: E402
+
+from gamfsolve import FusionError, FusionTypeError  # noqa: E402
+from gamfsolve.datasets import Dataset, load_images  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

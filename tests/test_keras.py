@@ -8,14 +8,16 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras
 import numpy as np
 import pytest
-from gamfsolve.adapters import keras as gk
-from keras import layers
 
-import gamfsolve
-from gamfsolve import Blocks, Concat, FusionError, FusionTypeError
+keras = pytest.importorskip("keras")
+
+from gamfsolve.adapters import keras as gk  # noqa: E402
+from keras import layers  # noqa: E402
+
+import gamfsolve  # noqa: E402
+from gamfsolve import Blocks, Concat, FusionError, FusionTypeError  # noqa: E402
 
 
 def mlp(prefix: str = "m") -> keras.Model:

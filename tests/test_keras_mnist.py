@@ -8,13 +8,15 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="gamfsolve-keras-"))
 
-import keras
 import numpy as np
 import pytest
-from gamfsolve.adapters import keras as gk
-from keras import layers
 
-from gamfsolve.datasets import Dataset, load_images
+keras = pytest.importorskip("keras")
+
+from gamfsolve.adapters import keras as gk  # noqa: E402
+from keras import layers  # noqa: E402
+
+from gamfsolve.datasets import Dataset, load_images  # noqa: E402
 
 # keras' optimizer and saving code converts torch tensors with np.array(), which NumPy 2 flags
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
