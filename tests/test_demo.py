@@ -28,6 +28,7 @@ def test_demo_prints_the_table_and_writes_the_figure(tmp_path: Path, capsys: pyt
         assert row in text
     record = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in record["fused"]] == ["average", "weight_matching"]
+    assert all(r["first_call"] >= 0 and r["time"] >= 0 for r in record["fused"])
     assert record["n_models"] == 2 and 0 <= record["prediction_ensemble"] <= 100
     assert (out / "demo.png").stat().st_size > 1000
 
