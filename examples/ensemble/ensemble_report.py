@@ -264,7 +264,8 @@ NOTES = [
     "initial plans (five seeds, identical objective), so restarts do not diversify it. LeNet N = 2 homog is "
     "where gamf is short of weight matching in expectation, by about one point.",
     "- Session 16, where on LeNet pairs gamf and weight matching part (lab, 40 pairs per cell: seeds 0-39 "
-    "of the session-13 models; paired differences, mean ± standard error; hetero / homog). On these pairs gamf "
+    "of the lab's models, trained by the protocol's code; paired differences, mean ± standard error; hetero / homog). "
+    "On these pairs gamf "
     "is ahead of ot (+3.3 ± 1.1 / +1.2 ± 0.7; where the protocol's five seeds show ot ahead on LeNet N = 2, "
     "that is their noise) and behind weight matching (-1.25 ± 0.85 / -0.84 ± 0.53). Fusing each pair "
     "with gamf's matching of every group but one, that one group taken from weight matching's solution: the "
