@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,9 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
 def _check_factory(factory: str | None, first: Path) -> None:
     if factory is None:
         raise CliError(f"{first.name} is a state dict: pass --model package.module:factory to build the model")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:  # the console script's path lacks the working folder
+        sys.path.append(cwd)  # appended, as a fallback: installed packages keep precedence
     try:
         import_factory(factory, "--model")
     except FusionError as exc:

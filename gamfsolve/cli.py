@@ -75,7 +75,8 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         metavar="PKG.MODULE:FACTORY",
-        help="for state dicts: a callable returning the torch.nn.Module the weights belong to",
+        help="for state dicts: a callable returning the torch.nn.Module the weights belong to "
+        "(its module importable from the environment or the working folder)",
     )
     p.add_argument(
         "--input-shape",

@@ -158,6 +158,24 @@ def test_fuse_state_dicts_with_weights_and_gamf(work: Path, capsys: pytest.Captu
     assert set(gt.to_arrays(fused)) == set(gt.to_arrays(modules[0]))
 
 
+def test_fuse_finds_a_factory_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # as the console script runs: the working folder is not on sys.path
+    name = "gamfsolve_cli_cwd_models"
+    (tmp_path / f"{name}.py").write_text(FACTORY_SOURCE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    sys.modules.pop(name, None)
+    for k in range(2):
+        gt.save_state(_module(k), tmp_path / f"m{k}.pt")
+    args = ["fuse", "m0.pt", "m1.pt", "-o", "out.pt", "--model", f"{name}:small", "--input-shape", "12"]
+    status, out, err = _run(capsys, *args, "--method", "weight_matching")
+    sys.modules.pop(name, None)
+    assert status == 0, err
+    assert "with weight_matching" in out and (tmp_path / "out.pt").is_file()
+
+
 def test_fuse_passes_method_options(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     modules = [_module(s) for s in range(2)]
     for k, m in enumerate(modules):
