@@ -5,8 +5,9 @@ over the features ``f`` of the group (incoming and outgoing weights, biases, nor
 Node: ``R[a, b] = exp(-d2[a, b] / mean(d2))`` with ``d2 = sum_f ||x_f[a] - y_f[b]||^2 / sigma_f``,
 the squared L2 distance of whole aligned weight vectors: one matrix product per feature.
 
-``sigma_f`` adapts to the weight scale: ``sigma_f = scale * 2 * D_f * var(w_f)``, the expected
-squared distance of two independent edges of ``D_f`` numbers, pooled over the models.
+``sigma_f`` adapts to the weight scale: ``sigma_f = scale * 2 * D_f * var(w_f)``, ``scale`` times the
+expected squared distance of two independent edges of ``D_f`` numbers, pooled over the models
+(gamf's default ``scale`` is 30 for models of one width, 1 for different widths: see ``_gamf``).
 
 Edge weights ``w_f`` (:func:`edge_weights`) multiply each parameter's terms. The paper sums over
 all edges (``balance="edge"``, every ``w_f = 1``), so a unit's affinity is decided by whichever

@@ -213,7 +213,8 @@ def test_edge_weights_make_every_weight_tensor_count_equally():
 def test_balanced_edges_let_the_classifier_pin_the_last_hidden_layer(seed):
     """The paper's plain sum over edges lets the 64 incoming edges of each last-hidden unit
     outvote its 4 outgoing ones; when the incoming weights are far apart (noise 5x their
-    spread) only the classifier still says which unit is which. Balanced, every unit is found."""
+    spread) only the classifier still says which unit is which. Balanced, every unit is found
+    (at the paper-like kernel width 1, where the plain sum's failure shows, and at the default)."""
     rng = np.random.default_rng(seed)
     base = mlp([32, 64, 16, 4], rng, bias=False)[0]
     spec = g.mlp_spec(3, bias=False)
@@ -221,12 +222,14 @@ def test_balanced_edges_let_the_classifier_pin_the_last_hidden_layer(seed):
     w = other["layers.1.weight"]
     other["layers.1.weight"] = w + 5 * w.std() * rng.standard_normal(w.shape)
     found = {}
-    for balance in ("param", "edge"):
-        r = g.match([base, other], spec, method="gamf", seed=0, balance=balance)
+    for balance, width in (("param", 1.0), ("edge", 1.0), ("param", None)):
+        r = g.match([base, other], spec, method="gamf", seed=0, balance=balance,
+                    **({} if width is None else {"sigma_scale": width}))
         assert r.info["balance"] == balance
         x, y = g.permute(base, spec, r.model_perms(0)), g.permute(other, spec, r.model_perms(1))
-        found[balance] = np.mean(np.all(np.isclose(x["layers.2.weight"], y["layers.2.weight"]), axis=0))
-    assert found["param"] == 1.0, found
+        found[balance if width else "default"] = np.mean(
+            np.all(np.isclose(x["layers.2.weight"], y["layers.2.weight"]), axis=0))
+    assert found["param"] == 1.0 and found["default"] == 1.0, found
     if seed == 0:
         assert found["edge"] < 1.0, found  # the unbalanced objective misses some (seed 0: 14 of 16)
 
