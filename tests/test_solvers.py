@@ -283,3 +283,18 @@ def test_channels_first_and_channels_last_flatten_match_alike(n_models):
         for grp, p in first_r.model_perms(k).items():
             np.testing.assert_array_equal(to_numpy(p), to_numpy(last_r.model_perms(k)[grp]))
     assert first_r.objective[-1] == pytest.approx(last_r.objective[-1], rel=1e-9)
+
+
+def test_kernel_width_default_depends_on_whether_widths_differ():
+    """30 x 2 D var(w) for models of one width; 1 (narrow, local) for different widths; an
+    explicit sigma_scale wins; the widths follow the scale."""
+    rng = np.random.default_rng(5)
+    a, spec, _ = mlp([6, 8, 5, 3], rng, bias=False)
+    b, _, _ = mlp([6, 8, 5, 3], rng, bias=False)
+    narrow, _, _ = mlp([6, 6, 5, 3], rng, bias=False)
+    same = g.match([a, b], spec, method="gamf", seed=0)
+    wide = g.match([a, narrow], spec, method="gamf", seed=0)
+    chosen = g.match([a, b], spec, method="gamf", seed=0, sigma_scale=2.0)
+    assert same.info["sigma_scale"] == 30.0 and wide.info["sigma_scale"] == 1.0 and chosen.info["sigma_scale"] == 2.0
+    for name, s in same.info["sigmas"].items():
+        assert s == pytest.approx(15.0 * chosen.info["sigmas"][name])
