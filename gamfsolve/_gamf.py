@@ -19,7 +19,7 @@ each weight tensor's edges are weighed by 1 / its edge count (``balance="param"`
 ``_affinity.edge_weights``), so a unit hears each of its layers equally; and for models of
 one width the kernel is 30 times wider than two independent edges' expected squared distance
 (``sigma_scale``), near its linear limit over typical distances and bounded for outliers:
-measured better than the paper-like width 1 on every two-model cell of the MNIST ensemble
+measured at or above the paper-like width 1 on every two-model cell of the MNIST ensemble
 protocol.
 """
 
