@@ -15,6 +15,35 @@ from ._spec import Blocks, Concat, PermutationSpec
 
 __version__ = "0.1.0"
 
+
+def _checkout_adapters() -> None:
+    """In a source checkout ``adapters/`` sits beside this package (installed, it is
+    ``gamfsolve/adapters``). A process whose path starts at the checkout's root imports this
+    folder as ``gamfsolve`` (``python -m`` there; Ray puts the driver's working folder first on
+    its workers' path, so Flower simulations started there): register the adapters so that
+    ``gamfsolve.adapters`` resolves in a checkout too. Their ``__init__`` imports nothing."""
+    import importlib.util
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.join(os.path.dirname(here), "adapters")
+    init = os.path.join(beside, "__init__.py")
+    name = __name__ + ".adapters"
+    if name in sys.modules or os.path.isdir(os.path.join(here, "adapters")) or not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[beside])
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    globals()["adapters"] = module
+
+
+_checkout_adapters()
+del _checkout_adapters
+
 __all__ = [
     "Blocks",
     "METHODS",

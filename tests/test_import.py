@@ -37,3 +37,23 @@ def test_adapters_live_under_gamfsolve(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path, env=_clean_env()
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_process_started_in_the_checkout_root_finds_the_adapters(tmp_path):
+    # A checkout's layout (gamfsolve/ and adapters/ side by side) first on the path, as for
+    # ``python -m`` in the checkout's root or Ray's workers (which put the driver's working
+    # folder first): gamfsolve.adapters resolves to the folder beside the package.
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("gamfsolve", "adapters"):
+        os.symlink(os.path.join(src, name), tmp_path / name)
+    code = (
+        "import sys, gamfsolve, gamfsolve.adapters as a, gamfsolve.adapters._demo as d; "
+        "assert gamfsolve.__file__.startswith(sys.argv[1]), gamfsolve.__file__; "
+        "assert a.__file__.startswith(sys.argv[1]) and gamfsolve.adapters is a, a.__file__; "
+        "assert d.__name__ == 'gamfsolve.adapters._demo'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False, cwd=tmp_path,
+        env=_clean_env(),
+    )
+    assert proc.returncode == 0, proc.stderr

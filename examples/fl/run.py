@@ -134,8 +134,22 @@ def _run_method(name: str, grid: Grid, fed: Federation, *, seed: int, args: argp
     return record
 
 
+def _solver_source() -> str:
+    """A digest of the installed gamfsolve's sources: a run made by other solver code (say, other
+    defaults) is not reused."""
+    import hashlib
+
+    import gamfsolve
+
+    digest = hashlib.sha256()
+    root = Path(gamfsolve.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _protocol(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in PROTOCOL} | {"dataset": _dataset_name()}
+    return {k: getattr(args, k) for k in PROTOCOL} | {"dataset": _dataset_name(), "solver_source": _solver_source()}
 
 
 def _load_cached(path: Path, protocol: dict[str, Any]) -> list[dict[str, Any]]:
