@@ -37,7 +37,7 @@ class Protocol:
     archs: tuple[str, ...] = ("mlp", "lenet")
     n_models: tuple[int, ...] = (2, 4)
     partitions: tuple[str, ...] = ("homog", "hetero")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seeds: tuple[int, ...] = tuple(range(10))
     methods: tuple[str, ...] = METHODS
     n_train: int = 8000
     n_test: int = 2000

@@ -176,6 +176,13 @@ NOTES = [
     "93.8% here): standardised scores so the temperature is scale-free, a kernel width per parameter "
     "from its variance, Gauss-Seidel updates by colour classes, convergence tests, the best Hungarian "
     "iterate (see README, Methods).",
+    "- Session 17: ten seeds instead of five (the protocol's default since; 19.9 min). LeNet pairs are "
+    "heavy-tailed (one pair swings a method by 6 points), and five seeds ranked methods that are level in "
+    "expectation by noise: session 16's run showed gamf 0.3 points under weight matching on LeNet N = 2 "
+    "hetero. Seeds 0-4 of this run reproduce session 16's records exactly (all 40 one-shot figures); "
+    "gamf minus weight matching on seeds 0-4 / 5-9, one-shot: LeNet N = 2 hetero -0.3 / +0.3, homog "
+    "+0.5 / 0.0, N = 4 hetero +2.8 / +5.2, homog +1.4 / +1.3; MLP N = 2 hetero +0.4 / +1.3, homog "
+    "+0.2 / 0.0, N = 4 hetero +4.4 / +2.1, homog +0.3 / +0.2. No solver change in this run.",
     "- Session 16: the kernel width, measured again with balanced edges (next note). A kernel 30 times wider "
     "than before (`sigma_scale` 30, in units of two independent edges' expected squared distance; over typical "
     "distances near the Gaussian's linear limit, which is weight matching's objective with each tensor "
