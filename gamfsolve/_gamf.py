@@ -56,7 +56,8 @@ class _Problem:
     """The fixed data of one solve: models, spec, kernel widths, colour classes, partners."""
 
     def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
-                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str) -> None:
+                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str,
+                 wide: bool = False) -> None:
         self.models, self.spec, self.xp = models, spec, checked.xp
         self.sizes, self.weights = checked.sizes, checked.weights
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
@@ -72,7 +73,7 @@ class _Problem:
         # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
         # stage; bounded so that peak memory stays a small multiple of the models' own.
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
-                                  kernel=_map_kernel(kernel, models, len(self.pool)), xp=self.xp,
+                                  kernel=_map_kernel(kernel, models, len(self.pool), wide), xp=self.xp,
                                   budget=weight_bytes // 4 + (16 << 20), own=self.own)
 
     def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
@@ -89,12 +90,17 @@ class _Problem:
 # at 16; the pairwise path also needs a quarter of the memory. Re-measured after session 9's faster exact
 # kernel (session 10, same cases): 1.11 / 1.76 s at N = 12, 2.27 / 2.24 at 16 (peak 293 / 1174 MiB).
 # Templates from 17 models on. (On a GPU the maps are taken at every N: pairwise there is not measured.)
+# A wide kernel (the default sigma_scale 30, session 16) needs maps of lower rank: session 17, same
+# cases, one process, pairwise / templates 0.53 / 0.64 s at N = 10, 0.87 / 0.72 at 12, 1.97 / 1.00
+# at 16 (width 1 at N = 12: 1.01 / 1.60). Templates from 12 models on there.
 MIN_POOL_FOR_MAPS_NUMBA = 17
+MIN_POOL_FOR_MAPS_NUMBA_WIDE = 12
 
 
-def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int) -> str:
-    """Kernel name for the feature cache's maps: ``"numba"`` (no maps) where pairwise is faster."""
-    if kernel != "auto" or pool >= MIN_POOL_FOR_MAPS_NUMBA:
+def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int, wide: bool = False) -> str:
+    """Kernel name for the feature cache's maps: ``"numba"`` (no maps) where pairwise is faster;
+    ``wide``: kernel widths of at least ``SIGMA_SCALE`` (lower-rank maps, templates pay off sooner)."""
+    if kernel != "auto" or pool >= (MIN_POOL_FOR_MAPS_NUMBA_WIDE if wide else MIN_POOL_FOR_MAPS_NUMBA):
         return kernel
     first = next(iter(models[0].values()))
     return "numba" if isinstance(first, np.ndarray) and numba_available() else kernel
@@ -202,7 +208,8 @@ def _gamf(
     if sigma_scale is None:
         sigma_scale = SIGMA_SCALE if checked.same_widths else SIGMA_SCALE_WIDTHS
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
-    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance)
+    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance,
+                    wide=sigma is None and sigma_scale >= SIGMA_SCALE)
     maps = _init_maps(prob, init, seed, checked)
     # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
     # that spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py);

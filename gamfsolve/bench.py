@@ -304,7 +304,7 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
         for method, options in (
             ("weight_matching", {}),
             ("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1}),  # the figure is per iteration
-            # feature-map templates at every N (auto takes pairwise exact Numba below 17 models)
+            # feature-map templates at every N (auto takes pairwise exact Numba below 17 models, 12 wide)
             ("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1, "kernel": "factorised"}),
         ):
             case = {

@@ -545,3 +545,19 @@ def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: s
                "layers.1.weight": rng.standard_normal((3, 6)), "layers.1.bias": rng.standard_normal(3)} for _ in range(3)]
     gamfsolve.match(models, spec, method="gamf", seed=0, kernel=kernel, affinity=affinity)
     assert seen == [limited]
+
+
+def test_map_kernel_threshold_follows_kernel_width() -> None:
+    """Pairwise exact Numba below the pool size where feature maps pay off; sooner for wide kernels."""
+    from gamfsolve._gamf import MIN_POOL_FOR_MAPS_NUMBA, MIN_POOL_FOR_MAPS_NUMBA_WIDE, _map_kernel
+    from gamfsolve._kernels._numba import available as numba_available
+
+    if not numba_available():
+        pytest.skip("numba not installed")
+    models = [{"w": np.zeros((2, 2), np.float32)}]
+    assert MIN_POOL_FOR_MAPS_NUMBA_WIDE < MIN_POOL_FOR_MAPS_NUMBA
+    assert _map_kernel("auto", models, MIN_POOL_FOR_MAPS_NUMBA_WIDE) == "numba"
+    assert _map_kernel("auto", models, MIN_POOL_FOR_MAPS_NUMBA_WIDE, wide=True) == "auto"
+    assert _map_kernel("auto", models, MIN_POOL_FOR_MAPS_NUMBA - 1, wide=True) == "auto"
+    assert _map_kernel("auto", models, MIN_POOL_FOR_MAPS_NUMBA) == "auto"
+    assert _map_kernel("factorised", models, 2) == "factorised"
