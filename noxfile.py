@@ -102,7 +102,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ensemble(session: nox.Session) -> None:
-    """The paper's compact-ensemble protocol on MNIST; writes examples/ensemble/RESULTS.md and figures."""
+    """The paper's compact-ensemble protocol on MNIST, 10 seeds; writes examples/ensemble/RESULTS.md and figures (20 min)."""
     _install(session, "torch,examples,numba")
     session.run("python", "examples/ensemble/run.py", *session.posargs, env=ENV)
 
