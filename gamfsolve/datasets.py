@@ -1,8 +1,13 @@
-"""Small bundled data for demos, examples and tests: MNIST from a local path, digits otherwise.
+"""Small local data for demos, examples and tests: MNIST, Fashion-MNIST, digits.
 
-Nothing is downloaded. MNIST is read from, in order: the ``path`` argument, the
-``GAMFSOLVE_MNIST`` environment variable, ``../shared/data/mnist`` (from the working
-directory or the source checkout). Without it, scikit-learn's bundled 8x8 digits stand in.
+Nothing is downloaded. MNIST (the 10,000 test images) is read from, in order: the ``path``
+argument, the ``GAMFSOLVE_MNIST`` environment variable, ``../shared/data/mnist`` (from the
+working directory or the source checkout). Without it, scikit-learn's bundled 8x8 digits stand in.
+
+Fashion-MNIST (Xiao et al. 2017, MIT licence; 60,000 training and 10,000 test images) is read
+from the ``path`` argument, the ``GAMFSOLVE_FASHION_MNIST`` environment variable, or
+``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package:
+``apt-get install -y dataset-fashion-mnist``). Files are IDX, gzip-compressed, as MNIST's.
 """
 
 from __future__ import annotations
@@ -16,10 +21,28 @@ import numpy as np
 
 from ._errors import FusionError
 
-__all__ = ["Dataset", "dirichlet_split", "equal_split", "load_digits", "load_images", "load_mnist", "mnist_dir"]
+__all__ = [
+    "FASHION_MNIST_DEBIAN",
+    "Dataset",
+    "dirichlet_split",
+    "equal_split",
+    "fashion_mnist_dir",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_images",
+    "load_mnist",
+    "mnist_dir",
+]
 
 _IMAGES = "t10k-images-idx3-ubyte.gz"
 _LABELS = "t10k-labels-idx1-ubyte.gz"
+_SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": (_IMAGES, _LABELS),
+}
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,41 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> Dataset:
     x = _read_idx(folder / _IMAGES).astype(np.float32) / 255.0
     y = _read_idx(folder / _LABELS).astype(np.int64)
     return Dataset(x, y, "mnist")
+
+
+def fashion_mnist_dir(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The first folder holding all four Fashion-MNIST IDX files, or None (see the module docstring)."""
+    candidates: list[str | os.PathLike[str] | None] = [path]
+    if path is None:
+        candidates += [os.environ.get("GAMFSOLVE_FASHION_MNIST"), FASHION_MNIST_DEBIAN]
+    files = [f for pair in _SPLIT_FILES.values() for f in pair]
+    for c in candidates:
+        if c and all((Path(c) / f).is_file() for f in files):
+            return Path(c)
+    if path is not None:
+        raise FusionError(f"no Fashion-MNIST IDX files ({', '.join(files)}) in {path}")
+    return None
+
+
+def load_fashion_mnist(split: str = "train", path: str | os.PathLike[str] | None = None) -> Dataset:
+    """Fashion-MNIST's ``split`` ("train": 60,000 images, "test": 10,000), 28x28 in [0, 1].
+
+    Raises :class:`FusionError` naming where it looked when the files are absent.
+    """
+    if split not in _SPLIT_FILES:
+        raise FusionError(f"split must be one of {sorted(_SPLIT_FILES)}, got {split!r}")
+    folder = fashion_mnist_dir(path)
+    if folder is None:
+        raise FusionError(
+            f"Fashion-MNIST not found: pass path=, set GAMFSOLVE_FASHION_MNIST, or install Debian's "
+            f"dataset-fashion-mnist package (files in {FASHION_MNIST_DEBIAN})"
+        )
+    images, labels = _SPLIT_FILES[split]
+    x = _read_idx(folder / images).astype(np.float32) / 255.0
+    y = _read_idx(folder / labels).astype(np.int64)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise FusionError(f"{folder}: images {x.shape} and labels {y.shape} do not pair up")
+    return Dataset(x, y, f"fashion-mnist-{split}")
 
 
 def load_digits() -> Dataset:
