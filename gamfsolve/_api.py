@@ -9,11 +9,13 @@ from time import perf_counter
 from typing import Any
 
 from ._errors import FusionError, OptionError
+from ._guard import check_scale
 from ._permute import permute
+from ._progress import resolve_progress
 from ._result import MatchResult
 from ._spec import PermutationSpec
 from ._validate import Checked, check_models, check_weights
-from ._xp import namespace
+from ._xp import host_views, namespace
 
 __all__ = ["METHODS", "check_options", "fuse", "match", "merge", "register_method"]
 
@@ -59,6 +61,8 @@ def match(
     method: str = "gamf",
     weights: Sequence[float] | None = None,
     seed: int | None = None,
+    progress: bool | None = None,
+    max_memory: int | float | str | None = None,
     **options: Any,
 ) -> MatchResult:
     """Find, for every group, the permutation of each model's units into a common order.
@@ -79,6 +83,12 @@ def match(
         Non-negative model weights (normalised); used by methods that align to a weighted mean.
     seed : int, optional
         Makes randomised initialisations reproducible.
+    progress : bool, optional
+        Report iterations (a tqdm bar when tqdm is installed, else log lines); by default when
+        standard error is a terminal.
+    max_memory : int, float or str, optional
+        Limit on the solver's working memory beyond the models (bytes, or e.g. ``"8GB"``; default
+        4 GiB). A problem whose estimate exceeds it raises :class:`ScaleError` before any work.
     **options
         Method options; an unknown name raises :class:`FusionError` listing the valid ones.
 
@@ -94,6 +104,18 @@ def match(
     """
     solver = _solver(method, options)
     checked = check_models(models, spec, weights)
+    first = next(iter(models[0].values()), None)
+    itemsize = getattr(getattr(first, "dtype", None), "itemsize", 4) or 4
+    check_scale(checked.sizes, itemsize, len(models), method, max_memory)
+    views = host_views(models)
+    if views is not None:  # PyTorch CPU tensors: solve on shared-memory NumPy views, answer in torch
+        result = match(views, spec, method=method, weights=weights, seed=seed, progress=progress,
+                       max_memory=max_memory, **options)
+        xp = checked.xp
+        perms = {g: [xp.asarray(p) for p in ps] for g, ps in result.perms.items()}
+        return replace(result, perms=perms)
+    if "progress" in inspect.signature(solver).parameters:
+        options = {**options, "progress": resolve_progress(progress)}
     start = perf_counter()
     if not checked.same_widths:  # narrower models get zero units up to the universe's size
         xp = checked.xp

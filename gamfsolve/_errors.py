@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError", "OptionError"]
+__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError", "OptionError", "ScaleError"]
 
 
 class FusionError(ValueError):
@@ -19,3 +19,7 @@ class OptionError(FusionError):
 
 class ConvergenceWarning(UserWarning):
     """A solver stopped at its iteration limit before its convergence test passed."""
+
+
+class ScaleError(FusionError):
+    """A problem too large for the limits set (``max_memory``): refused before any long work."""

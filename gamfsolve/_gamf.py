@@ -39,6 +39,7 @@ from ._features import color_groups
 from ._kernels._numba import available as numba_available
 from ._kernels._threads import one_blas_thread
 from ._objective import matched_affinity
+from ._progress import Progress
 from ._result import MatchResult
 from ._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
 from ._spec import PermutationSpec
@@ -57,8 +58,9 @@ class _Problem:
 
     def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
                  universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str,
-                 wide: bool = False) -> None:
+                 wide: bool = False, series: bool = True) -> None:
         self.models, self.spec, self.xp = models, spec, checked.xp
+        self.series = series and kernel == "auto"
         self.sizes, self.weights = checked.sizes, checked.weights
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.edge_weights = edge_weights(models, spec, sigmas, balance)
@@ -74,13 +76,17 @@ class _Problem:
         # stage; bounded so that peak memory stays a small multiple of the models' own.
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
                                   kernel=_map_kernel(kernel, models, len(self.pool), wide), xp=self.xp,
-                                  budget=weight_bytes // 4 + (16 << 20), own=self.own)
+                                  budget=weight_bytes // 4 + (16 << 20), own=self.own,
+                                  series_budget=weight_bytes + (32 << 20))
 
-    def group_scores(self, group: str, maps: list[Maps]) -> GroupScores:
-        """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6)."""
+    def group_scores(self, group: str, maps: list[Maps], tau: float | None = None) -> GroupScores:
+        """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn
+        stage's temperature, under which a short series may stand in for the exact kernel (None:
+        exact, as in the Hungarian stage; see :mod:`._kernels._series`)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
-                           live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None)
+                           live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
+                           tau=tau if self.series else None, movers=self.movers)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
@@ -159,6 +165,7 @@ def _gamf(
     sigma_scale: float | None = None, tau0: float = 1.0, gamma: float | None = None, tau_min: float = 0.02,
     max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
     max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
+    series: bool = True, progress: bool = False,
 ) -> MatchResult:
     """Graduated assignment; see the module docstring. Options are keyword-only.
 
@@ -209,15 +216,15 @@ def _gamf(
         sigma_scale = SIGMA_SCALE if checked.same_widths else SIGMA_SCALE_WIDTHS
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
     prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance,
-                    wide=sigma is None and sigma_scale >= SIGMA_SCALE)
+                    wide=sigma is None and sigma_scale >= SIGMA_SCALE, series=bool(series))
     maps = _init_maps(prob, init, seed, checked)
     # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
     # that spin between products would halve the kernels' speed (gamfsolve/_kernels/_threads.py);
     # the node affinity is all products
-    with one_blas_thread(prob.kind == "edge" and prob.cache.kernel == "numba"):
+    with one_blas_thread(prob.kind == "edge" and prob.cache.kernel == "numba"), Progress(progress, "gamf") as bar:
         best, trace, it, converged, message = _anneal(
             prob, maps, tau0=tau0, gamma=gamma, tau_min=tau_min, max_sweeps=max_sweeps, tol=tol,
-            sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter)
+            sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter, bar=bar)
     if best is None:
         raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
     if not converged:
@@ -231,7 +238,7 @@ def _gamf(
 
 def _anneal(
     prob: _Problem, maps: list[Maps], *, tau0: float, gamma: float, tau_min: float, max_sweeps: int, tol: float,
-    sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int,
+    sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int, bar: Progress,
 ) -> tuple[tuple[float, list[Maps]] | None, list[float], int, bool, str]:
     """Alg. 1 / 2's loop: Sinkhorn sweeps at falling temperature, then Hungarian sweeps until a
     fixed point or a 2-cycle. Updates ``maps`` in place; returns the best Hungarian iterate
@@ -244,7 +251,7 @@ def _anneal(
     trace: list[float] = []
     best: tuple[float, list[Maps]] | None = None
     converged, message, it = False, "iteration limit reached", 0
-    for it in range(1, max_iter + 1):  # noqa: B007  (it is reported after the loop)
+    for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
             # With several movers the class's scores objects live through the class (templates);
@@ -254,7 +261,7 @@ def _anneal(
             for k in prob.movers:
                 scores, live = {}, []
                 for g in color:
-                    st = state[g] if g in state else prob.group_scores(g, maps)
+                    st = state[g] if g in state else prob.group_scores(g, maps, None if discrete else tau)
                     if keep:
                         state[g] = st
                     scores[g] = st.scores(k, maps)
@@ -275,6 +282,7 @@ def _anneal(
                         state[g].moved(k, maps[k].get(g), m)
                     maps[k][g] = m
         if not discrete:
+            bar.update(it, f"sinkhorn tau={tau:.3g}")
             sweeps_at_tau += 1
             if _change(old, maps, prob.movers, xp) < tol or sweeps_at_tau >= max_sweeps:
                 tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
@@ -283,6 +291,7 @@ def _anneal(
         value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp,
                                  prob.edge_weights)
         trace.append(value)
+        bar.update(it, "hungarian", value)
         if best is None or value > best[0]:
             best = (value, [dict(m) for m in maps])
         snap = _snapshot(maps, prob.movers)

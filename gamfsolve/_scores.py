@@ -25,6 +25,7 @@ from typing import Any
 from ._affinity import group_affinity, map_columns, standardize
 from ._features import Feature, unit_features
 from ._kernels import edge_features
+from ._kernels._series import max_degree, series_error, series_features
 from ._spec import PermutationSpec, segments_of
 from ._xp import device
 
@@ -47,6 +48,10 @@ def value_ranges(models: Sequence[Mapping[str, Array]], names: Sequence[str], xp
     return out
 
 
+# How far the annealing stage's series scores may stray: the spread of their error over the spread
+# of the exact affinity, per unit of temperature (see GroupScores._add_series).
+SERIES_KAPPA = 0.25
+
 Entry = tuple[tuple[Any, ...], list[Feature], list[Any], int]  # deps, features, maps, stamp
 
 
@@ -57,13 +62,14 @@ class FeatureCache:
     while those are the same objects (maps are replaced, never modified in place). Entries are
     kept when they can be hit again, i.e. when every such map is absent or an index vector,
     within ``budget`` bytes (soft plans change every sweep); the pair sums of such features
-    (:meth:`pair`) have ``budget`` bytes of their own.
+    (:meth:`pair`) have ``budget`` bytes of their own, their series feature maps (:meth:`series`)
+    ``series_budget``.
     """
 
     def __init__(
         self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, sizes: Mapping[str, int], *,
         sigmas: Mapping[str, float], ranges: Mapping[str, tuple[float, float]], kind: str, kernel: str, xp: Any,
-        budget: int, own: Sequence[Mapping[str, int]] | None = None,
+        budget: int, own: Sequence[Mapping[str, int]] | None = None, series_budget: int = 0,
     ) -> None:
         self.models, self.spec, self.sizes, self.xp = models, spec, sizes, xp
         self.own = own  # each model's real unit counts when some are narrower than the universe
@@ -76,6 +82,11 @@ class FeatureCache:
         # evaluations per sweep, so they must not be crowded out by the features they came from)
         self.pairs: dict[tuple[str, int, int, tuple[int, ...]], tuple[tuple[Any, ...], Array, int]] = {}
         self.pairs_used = 0
+        # series feature maps of cached features, by the cache stamp of the features and the degree
+        self.series_maps: dict[tuple[int, int], Array] = {}
+        self.series_budget, self.series_used = series_budget, 0
+        # measured error of the series per (group, parameter, degree): see :meth:`series_ratio`
+        self.series_ratios: dict[tuple[str, str, int, int], float] = {}
         self.stamp = 0
         self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
         for g in spec.groups:
@@ -126,6 +137,7 @@ class FeatureCache:
                 if hit is not None:
                     self.used -= hit[1]
                     del self.entries[key]
+                    self._drop_series(hit[0][3])
                 f, p = self._compute(k, group, name, maps)
                 stamp = None
                 if all(d is None or d.ndim == 1 for d in deps):
@@ -139,6 +151,38 @@ class FeatureCache:
             phis += p
             stamps += [stamp] * len(f)
         return feats, phis, stamps
+
+    def series_ratio(self, group: str, feat: Feature, k: int, j: int, degree: int) -> float:
+        """The series' error spread over the exact affinity's (:func:`series_error`) for feature
+        ``feat`` of ``group``, measured once per solve on models ``k`` and ``j`` in their own unit
+        orders (the statistics of the weights set it, not the current plans)."""
+        key = (group, feat.name, feat.axis, degree)
+        if key not in self.series_ratios:
+            x, y = (next(f.x for f in unit_features(self.models[i], self.spec, group, self.sizes, {}, self.xp,
+                                                    only={feat.name}) if f.axis == feat.axis) for i in (k, j))
+            self.series_ratios[key] = series_error(x, y, self.sigmas[feat.name], self.xp,
+                                                   center=self.ranges[feat.name][0], degree=degree)
+        return self.series_ratios[key]
+
+    def _drop_series(self, stamp: int) -> None:
+        for key in [key for key in self.series_maps if key[0] == stamp]:
+            self.series_used -= array_nbytes(self.series_maps.pop(key))
+
+    def series(self, k: int, group: str, feat: Feature, stamp: int | None, degree: int) -> Array:
+        """The degree-``degree`` series feature map of ``feat`` (see :mod:`._kernels._series`), zero
+        on model ``k``'s empty slots; kept while its features are cached (``stamp``)."""
+        key = None if stamp is None else (stamp, degree)
+        if key is not None and key in self.series_maps:
+            return self.series_maps[key]
+        centre = self.ranges[feat.name][0]
+        phi = series_features(feat.x, self.sigmas[feat.name], self.xp, center=centre, degree=degree)
+        alive = self.alive(k, group)
+        if alive is not None:
+            phi = phi * alive[:, None]
+        if key is not None and self.series_used + array_nbytes(phi) <= self.series_budget:
+            self.series_maps[key] = phi
+            self.series_used += array_nbytes(phi)
+        return phi
 
     def pair(self, key: tuple[str, int, int, tuple[int, ...]], stamps: tuple[Any, ...]) -> Array | None:
         """A stored pairwise affinity whose features are still the cached ones, or None."""
@@ -170,7 +214,7 @@ class GroupScores:
         maps: Sequence[Mapping[str, Array]], *, pool: Sequence[int], weights: Sequence[float],
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
         live: Callable[[int, str, int | None], tuple[int, int] | None] | None = None,
-        edge_weights: Mapping[str, float] | None = None,
+        edge_weights: Mapping[str, float] | None = None, tau: float | None = None, movers: Sequence[int] = (),
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
         self._live = live
@@ -190,12 +234,40 @@ class GroupScores:
             maps_f = [p[f] for _, p, _ in got]
             if all(p is not None for p in maps_f):
                 self.phi[f] = maps_f
+        self.series_degree: dict[int, int] = {}
+        if tau is not None and kind == "edge":
+            self._add_series(tau, list(movers) or self.pool)
         # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
         # weighted sum, the self-term of a mover is its own term (its map has not moved since),
         # and after a move only the new term is computed.
         self.terms = {f: {j: map_columns(self.phi[f][j].T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
         # one pool model (two-model solves): no template copy; its weight scales the (n, n) product
         self.templates = {} if len(self.pool) == 1 else {f: self._template(f) for f in self.phi}
+
+    def _add_series(self, tau: float, movers: Sequence[int]) -> None:
+        """Series feature maps for the features without one, where accurate enough at ``tau``.
+
+        Accurate enough: on sampled unit pairs of the first mover and a partner, the spread of the
+        series' error is at most ``SERIES_KAPPA * tau`` times the spread of the exact affinity, so
+        the error moves Sinkhorn's log-plan by at most about ``SERIES_KAPPA`` (scores are
+        standardised). Degree 1 first, degree 2 for short edges, else the exact kernel stays.
+        """
+        k = movers[0]
+        j = next((i for i in self.pool if i != k), None)
+        if j is None:
+            return
+        for f in range(len(self.features[k])):
+            feat = self.features[k][f]
+            sigma = self.sigmas.get(feat.name)
+            if f in self.phi or sigma is None:
+                continue
+            dim = int(feat.x.shape[2])
+            for degree in range(1, max_degree(dim) + 1):
+                if self.cache.series_ratio(self.group, feat, k, j, degree) <= SERIES_KAPPA * tau:
+                    self.phi[f] = [self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree)
+                                   for i in range(len(self.features))]
+                    self.series_degree[f] = degree
+                    break
 
     def _template(self, f: int) -> Array:
         total = None

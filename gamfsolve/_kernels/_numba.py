@@ -19,6 +19,7 @@ Only tiny problems run on one thread (``SERIAL_WORK``).
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from importlib.util import find_spec
@@ -310,6 +311,30 @@ def _compiled() -> Any:
     }
 
 
+log = logging.getLogger("gamfsolve")
+_ANNOUNCED: set[int] = set()
+
+
+def announce_compile(kernel: Any, label: str) -> None:
+    """Say (a log WARNING, once per kernel and process) that ``kernel`` is about to be compiled:
+    the first use on a machine compiles it (seconds), later processes load it from Numba's disk
+    cache. Silent when the kernel is loaded already or its cache index exists."""
+    key = id(kernel)
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    if getattr(kernel, "signatures", None):
+        return
+    try:
+        index = kernel._cache._cache_file._index_path  # Numba's on-disk cache index for this function
+        cached = os.path.exists(index)
+    except AttributeError:  # no disk cache (GAMFSOLVE_NUMBA_CACHE=0) or another Numba layout
+        cached = False
+    if not cached:
+        log.warning("gamfsolve: compiling the Numba %s kernel (first use on this machine: a few seconds; "
+                    "cached on disk afterwards)", label)
+
+
 def available() -> bool:
     """True when Numba is installed and loads (triggers the import, not compilation)."""
     return find_spec("numba") is not None and _compiled() is not None
@@ -335,6 +360,7 @@ def edge_affinity_numba(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarra
     inv = work.type(1.0 / sigma)
     yt = np.ascontiguousarray(np.transpose(y, (1, 2, 0)), dtype=work)  # (E, D, m): contiguous in the vector index
     kernel = kernels["edges", work, n * y.shape[0] * n_edges * dim >= SERIAL_WORK]
+    announce_compile(kernel, "edge-affinity")
     kernel(np.ascontiguousarray(x, dtype=work), yt, inv, out)
     out = out if work == dtype else out.astype(dtype)
     return out
@@ -370,6 +396,7 @@ def cheb_features(
     centre = np.zeros(n_edges, dtype=dtype) if centre is None else np.ascontiguousarray(centre, dtype=dtype)
     coef = np.zeros(0, dtype=dtype) if anchor_coef is None else np.ascontiguousarray(anchor_coef, dtype=dtype)
     kernel = kernels["cheb", parallel and n * n_edges * q * r >= SERIAL_WORK]
+    announce_compile(kernel, "Chebyshev-feature")
     kernel(np.ascontiguousarray(v), centre, dtype.type(inv_scale), np.ascontiguousarray(w, dtype=dtype), coef, out, anchor)
     return out.reshape(n, -1), (None if anchor_coef is None else anchor)
 
@@ -380,6 +407,7 @@ def add_outer(core: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     if kernels is None:
         raise ImportError("add_outer needs Numba: pip install numba")
     core = np.ascontiguousarray(core)
+    announce_compile(kernels["outer"], "outer-sum")
     kernels["outer"](core, np.ascontiguousarray(row, dtype=np.float64), np.ascontiguousarray(col, dtype=np.float64), core)
     return core
 
@@ -399,5 +427,6 @@ def sinkhorn_numba(
     s = np.ascontiguousarray(s)
     v = np.array(v, dtype=s.dtype).reshape(-1)
     p = np.empty_like(s)
+    announce_compile(kernels["sinkhorn"], "Sinkhorn")
     it = kernels["sinkhorn"](s, v, s.dtype.type(tol), max_iter, check_every, p)
     return p, v.reshape(1, -1), int(it)
