@@ -81,12 +81,12 @@ class _Problem:
 
     def group_scores(self, group: str, maps: list[Maps], tau: float | None = None) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn
-        stage's temperature, under which a short series may stand in for the exact kernel (None:
-        exact, as in the Hungarian stage; see :mod:`._kernels._series`)."""
+        stage's temperature, which sets how closely a short series must match the exact kernel to
+        stand in for it (None: the Hungarian stage, float32 rounding; see :mod:`._kernels._series`)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
                            live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
-                           tau=tau if self.series else None, movers=self.movers)
+                           tau=tau, movers=self.movers, series=self.series)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:

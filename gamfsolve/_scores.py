@@ -51,6 +51,8 @@ def value_ranges(models: Sequence[Mapping[str, Array]], names: Sequence[str], xp
 # How far the annealing stage's series scores may stray: the spread of their error over the spread
 # of the exact affinity, per unit of temperature (see GroupScores._add_series).
 SERIES_KAPPA = 0.25
+# ... and in the Hungarian stage: no more than the rounding of float32 sums over a layer's edges
+SERIES_DISCRETE = 1e-5
 
 Entry = tuple[tuple[Any, ...], list[Feature], list[Any], int]  # deps, features, maps, stamp
 
@@ -215,6 +217,7 @@ class GroupScores:
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
         live: Callable[[int, str, int | None], tuple[int, int] | None] | None = None,
         edge_weights: Mapping[str, float] | None = None, tau: float | None = None, movers: Sequence[int] = (),
+        series: bool = False,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
         self._live = live
@@ -235,8 +238,8 @@ class GroupScores:
             if all(p is not None for p in maps_f):
                 self.phi[f] = maps_f
         self.series_degree: dict[int, int] = {}
-        if tau is not None and kind == "edge":
-            self._add_series(tau, list(movers) or self.pool)
+        if series and kind == "edge":
+            self._add_series(SERIES_KAPPA * tau if tau is not None else SERIES_DISCRETE, list(movers) or self.pool)
         # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
         # weighted sum, the self-term of a mover is its own term (its map has not moved since),
         # and after a move only the new term is computed.
@@ -244,13 +247,15 @@ class GroupScores:
         # one pool model (two-model solves): no template copy; its weight scales the (n, n) product
         self.templates = {} if len(self.pool) == 1 else {f: self._template(f) for f in self.phi}
 
-    def _add_series(self, tau: float, movers: Sequence[int]) -> None:
-        """Series feature maps for the features without one, where accurate enough at ``tau``.
+    def _add_series(self, allowed: float, movers: Sequence[int]) -> None:
+        """Series feature maps for the features without one, where accurate enough.
 
         Accurate enough: on sampled unit pairs of the first mover and a partner, the spread of the
-        series' error is at most ``SERIES_KAPPA * tau`` times the spread of the exact affinity, so
-        the error moves Sinkhorn's log-plan by at most about ``SERIES_KAPPA`` (scores are
-        standardised). Degree 1 first, degree 2 for short edges, else the exact kernel stays.
+        series' error is at most ``allowed`` times the spread of the exact affinity. While
+        annealing ``allowed = SERIES_KAPPA * tau``: the error moves Sinkhorn's log-plan by at most
+        about ``SERIES_KAPPA`` (scores are standardised). In the Hungarian stage
+        ``SERIES_DISCRETE``: the level of float32 rounding in the exact kernel's sums. Degree 1
+        first, higher degrees where offered, else the exact kernel stays.
         """
         k = movers[0]
         j = next((i for i in self.pool if i != k), None)
@@ -263,7 +268,7 @@ class GroupScores:
                 continue
             dim = int(feat.x.shape[2])
             for degree in range(1, max_degree(dim) + 1):
-                if self.cache.series_ratio(self.group, feat, k, j, degree) <= SERIES_KAPPA * tau:
+                if self.cache.series_ratio(self.group, feat, k, j, degree) <= allowed:
                     self.phi[f] = [self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree)
                                    for i in range(len(self.features))]
                     self.series_degree[f] = degree

@@ -238,8 +238,8 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NU
 _THREADS: list[int | None] = [None]  # set by --threads for every case process
 
 
-def _subprocess_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gamfsolve._bench_models", json.dumps(case)]
+def _subprocess_case(case: dict[str, Any], timeout: float, module: str = "gamfsolve._bench_models") -> dict[str, Any]:
+    cmd = [sys.executable, "-m", module, json.dumps(case)]
     env = dict(os.environ)
     if _THREADS[0] is not None:
         env.update({v: str(_THREADS[0]) for v in THREAD_VARS})
@@ -326,7 +326,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gamfsolve bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    p.add_argument("--sections", default="kernels,e2e,many", help="comma-separated: kernels, e2e, many")
+    p.add_argument("--sections", default="kernels,e2e,many,real",
+                   help="comma-separated: kernels, e2e, many, real (the real networks need torch and transformers)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per end-to-end case")
     p.add_argument("--backend", default="numpy", choices=BACKENDS,
                    help="array library of every case: numpy (default), torch (CPU), torch_cuda, cupy (GPU)")
@@ -341,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; tables on stdout (or ``--json``). Returns the exit status."""
     args = _parser().parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in ("kernels", "e2e", "many")]
+    unknown = [s for s in sections if s not in ("kernels", "e2e", "many", "real")]
     if unknown:
         _parser().error(f"unknown section(s) {unknown}")
 
@@ -376,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("\n(iii) N planted MLPs: time per outer iteration (solver time / iterations)")
         log(CASE_HEADER)
         report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
+    if "real" in sections and args.backend == "numpy":
+        from ._bench_real import bench_real
+
+        log("\n(v) real networks (HF transformers / zoo definitions, random init): two initialisations ('pair')")
+        log("    and a permuted copy + 1% noise ('planted', recovered = fraction of units put back); own process each")
+        report["real"] = bench_real(args.quick, log, args.timeout, _subprocess_case)
     report["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"load average at the end: {report['load_avg_end']}")
     if args.plot:
