@@ -9,6 +9,7 @@ from time import perf_counter
 from typing import Any
 
 from ._errors import FusionError, OptionError
+from ._heads import collapse, expand_models, expand_spec
 from ._permute import permute
 from ._result import MatchResult
 from ._spec import PermutationSpec
@@ -93,6 +94,9 @@ def match(
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
     """
     solver = _solver(method, options)
+    if spec.has_split:  # attention heads: every method sees the Split axes as plain sub-axes
+        return match(expand_models(models, spec), expand_spec(spec), method=method, weights=weights, seed=seed,
+                     **options)
     checked = check_models(models, spec, weights)
     start = perf_counter()
     if not checked.same_widths:  # narrower models get zero units up to the universe's size
@@ -119,6 +123,8 @@ def merge(
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
+    if spec.has_split:
+        return collapse(merge(expand_models(models, spec), expand_spec(spec), result, weights=weights), spec)
     w = check_weights(weights, len(models))
     out: dict[str, Array] = {}
     total: dict[str, Array] = {}
