@@ -1,0 +1,491 @@
+"""Attention in a traced graph: heads, within-head dimensions, grouped-query heads, CLS tokens.
+
+A projection's output units ``H * d`` are split by a ``view`` into heads and dimensions; from
+there a tensor carries two unit axes, a :class:`HeadChan`: the heads (one variable, ``H``
+units) and the dimensions inside every head (another, ``d`` units, the same order in each
+head). The projection's variable is *refined* into the composed layout (a run whose ``inner``
+block of ``d`` entries has its own ``sub`` layout), which becomes a :class:`~gamfsolve.Split`
+entry of the spec. ``q @ k^T`` (or ``scaled_dot_product_attention``) unites the heads of
+queries, keys and values and the dimensions of queries and keys; the values' dimensions go on
+to the output projection when the heads are merged back. Anything that mixes the dimensions
+(rotary position embeddings multiply them by position-dependent factors and swap halves)
+fixes them, and the heads still move. Grouped-query attention expands each key/value head to
+``H / n_kv`` query heads; the query heads' variable is refined into ``n_kv`` blocks so that a
+key/value head and its query heads move together.
+
+Ops that see a two-axis tensor run the ordinary handler once per axis (through a temporary
+one-axis view of the tensor) and join the results; an op that is not understood fixes both.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import fx
+
+from gamfsolve import PermutationSpec, Split
+
+from ._torch_graph import Chan, Engine, Seg, fixed_run
+from ._torch_ops import _UNARY, HANDLERS, unknown
+from ._torch_shape_ops import _reshape
+
+__all__ = ["HeadChan", "attention_handler", "coverage", "mark_outputs", "warn_coverage"]
+
+Handler = Callable[[Engine, Any], Any]
+FIXED_SHARE_WARNING = 0.2  # warn when more of the layers' units than this stay fixed
+
+
+@dataclass(frozen=True)
+class HeadChan(Chan):
+    """A tensor with two unit axes: heads (``axis``, ``segs``) and dimensions (``dims_axis``, ``dims``)."""
+
+    dims_axis: int = -1
+    dims: tuple[Seg, ...] = ()
+
+    def vars(self) -> list[int]:
+        return super().vars() + [v for s in self.dims for v in s.vars()]
+
+    def heads(self) -> Chan:
+        return Chan(self.axis, self.segs)
+
+    def dim_chan(self) -> Chan:
+        return Chan(self.dims_axis, self.dims)
+
+
+def _structured(info: Any) -> bool:
+    return isinstance(info, HeadChan) or (isinstance(info, Chan) and any(s.sub is not None for s in info.segs))
+
+
+# -- refinement -------------------------------------------------------------------------------
+def substitute(seg: Seg, var: int, layout: Seg) -> Seg | None:
+    """``seg`` with variable ``var`` replaced by the finer ``layout`` (None: not expressible)."""
+    if seg.var == var:
+        sub: Seg | None
+        if layout.sub is None:
+            sub = None if seg.sub is None else Seg(seg.sub.var, layout.inner * seg.sub.outer, seg.sub.n,
+                                                   seg.sub.inner, seg.sub.sub)
+        elif seg.sub is None and seg.inner == 1:
+            sub = layout.sub
+        else:
+            return None
+        return Seg(layout.var, seg.outer * layout.outer, layout.n, layout.inner * seg.inner, sub)
+    if seg.sub is not None and var in seg.sub.vars():
+        inner = substitute(seg.sub, var, layout)
+        return None if inner is None else Seg(seg.var, seg.outer, seg.n, seg.inner, inner)
+    return seg
+
+
+def resolve(eng: Engine, seg: Seg) -> Seg:
+    """Follow refinements made after ``seg`` was recorded."""
+    for _ in range(64):
+        var = next((v for v in seg.vars() if v in eng.refined), None)
+        if var is None:
+            return seg
+        new = substitute(seg, var, eng.refined[var])
+        if new is None:
+            return seg
+        seg = new
+    return seg
+
+
+def _refinable(eng: Engine, var: int | None) -> bool:
+    return var is not None and var not in eng.refined and not eng.is_fixed(var) and eng.class_size(var) == 1
+
+
+def _resolved(eng: Engine, info: Any) -> Any:
+    if isinstance(info, HeadChan):
+        return HeadChan(info.axis, tuple(resolve(eng, s) for s in info.segs), info.dims_axis,
+                        tuple(resolve(eng, s) for s in info.dims))
+    if isinstance(info, Chan):
+        return Chan(info.axis, tuple(resolve(eng, s) for s in info.segs))
+    return info
+
+
+def unify_heads(eng: Engine, a: tuple[Seg, ...], b: tuple[Seg, ...], reason: str) -> tuple[Seg, ...]:
+    """Unite two head layouts; a plain one is refined into blocks to match a grouped one."""
+    a = tuple(resolve(eng, s) for s in a)
+    b = tuple(resolve(eng, s) for s in b)
+    if len(a) == 1 and len(b) == 1 and a[0].shape() != b[0].shape() and a[0].length == b[0].length:
+        for x, y in ((a[0], b[0]), (b[0], a[0])):
+            if x.shape() == (1, x.length, 1) and y.sub is None and _refinable(eng, x.var):
+                new = Seg(eng.new_var(y.n, "heads"), y.outer, y.n, y.inner)
+                eng.refine(x.var, new, substitute)  # type: ignore[arg-type]
+                eng.unify((new,), (y,), reason)
+                return (y,)
+    eng.unify(a, b, reason)
+    return a if len(a) == 1 and len(b) == 1 and a[0].shape() == b[0].shape() else b
+
+
+# -- running an ordinary handler on one axis at a time ----------------------------------------
+def _with(call: Any, views: dict[fx.Node, Any], handler: Handler, eng: Engine) -> Any:
+    env = call.env
+    saved = {n: env.info.get(n) for n in views}
+    env.info.update(views)
+    try:
+        return handler(eng, call)
+    finally:
+        for n, v in saved.items():
+            env.info[n] = v
+
+
+def _nodes(call: Any) -> list[fx.Node]:
+    return [x for x in call.all_args() if isinstance(x, fx.Node)]
+
+
+def _join(heads: Any, dims: Any) -> Any:
+    if isinstance(heads, tuple) or isinstance(dims, tuple):
+        hs = heads if isinstance(heads, tuple) else (heads,) * len(dims)
+        ds = dims if isinstance(dims, tuple) else (dims,) * len(hs)
+        return tuple(_join(h, d) for h, d in zip(hs, ds, strict=True))
+    if isinstance(heads, Chan) and isinstance(dims, Chan):
+        if heads.axis == dims.axis:
+            return _merge(heads, dims)
+        return HeadChan(heads.axis, heads.segs, dims.axis, _one_run(dims.segs))
+    return heads if isinstance(heads, Chan) else dims
+
+
+def _one_run(segs: tuple[Seg, ...]) -> tuple[Seg, ...]:
+    if len(segs) > 1 and all(s.var is None for s in segs):
+        return fixed_run(sum(s.length for s in segs))
+    return segs
+
+
+def _merge(heads: Chan, dims: Chan) -> Chan | None:
+    """Heads and dimensions merged into one axis: a run with a ``sub`` layout."""
+    if len(heads.segs) != 1 or len(dims.segs) != 1:
+        return None
+    h, e = heads.segs[0], dims.segs[0]
+    block = h.outer * h.n
+    if h.length != e.length or e.outer % block or h.inner != (e.outer // block) * e.n * e.inner or e.sub is not None:
+        return None
+    return Chan(heads.axis, (Seg(h.var, h.outer, h.n, h.inner, Seg(e.var, e.outer // block, e.n, e.inner)),))
+
+
+def per_axis(handler: Handler) -> Handler:
+    """Run ``handler`` on the heads, then on the dimensions, of every two-axis argument."""
+
+    def run(eng: Engine, call: Any) -> Any:
+        nodes = _nodes(call)
+        infos = {n: _resolved(eng, call.env.info.get(n)) for n in nodes}
+        heads = {n: (i.heads() if isinstance(i, HeadChan) else i) for n, i in infos.items()}
+        dims = {n: (i.dim_chan() if isinstance(i, HeadChan) else i) for n, i in infos.items()}
+        if any(isinstance(i, HeadChan) for i in infos.values()) and not all(
+                isinstance(i, HeadChan) or call.chan(n) is None for n, i in infos.items()):
+            for i in infos.values():  # a one-axis tensor: its other axes are in a fixed order
+                if isinstance(i, HeadChan):
+                    eng.fix(i.dim_chan(), f"{call.where} joins heads with a tensor in a fixed order")
+            return _with(call, heads, handler, eng)
+        out_heads = _with(call, heads, handler, eng)
+        if not any(isinstance(i, HeadChan) for i in infos.values()):
+            return out_heads
+        out_dims = _with(call, dims, handler, eng)
+        joined = _join(out_heads, out_dims)
+        if joined is None:
+            eng.fix(list(infos.values()), f"{call.where} mixes heads and dimensions")
+        return joined
+
+    return run
+
+
+# -- handlers ---------------------------------------------------------------------------------
+def _none(eng: Engine, call: Any) -> None:
+    """A no-op check (``_assert_tensor_metadata``): no output, nothing fixed."""
+    return None
+
+
+def addmm(eng: Engine, call: Any) -> Any:
+    """``bias + x @ W`` with ``W`` of shape ``(in, out)`` (Hugging Face's ``Conv1D``)."""
+    b, x, w = call.param(call.get(0, "self")), call.get(1, "mat1"), call.param(call.get(2, "mat2"))
+    if w is None or b is None or len(eng.param_shape(w)) != 2:
+        return unknown(eng, call)
+    info = _resolved(eng, call.chan(x))
+    if isinstance(info, Chan) and not isinstance(info, HeadChan) and info.axis == 1:
+        eng.assign(w, 0, info.segs)
+    else:
+        eng.fix(info, f"{call.where} reads a tensor whose units are not on its last axis")
+        eng.assign(w, 0, fixed_run(eng.param_shape(w)[0]))
+    out = eng.param_var(w, 1, call.label(w))
+    eng.assign(b, 0, out)
+    return Chan(1, out)
+
+
+def expand(eng: Engine, call: Any) -> Any:
+    """Broadcasting to a larger shape keeps every axis of length > 1 where it is."""
+    info = _resolved(eng, call.chan(call.get(0, "self")))
+    shift = len(call.out_shape) - len(call.shape(call.get(0, "self")))
+    if isinstance(info, HeadChan):
+        return HeadChan(info.axis + shift, info.segs, info.dims_axis + shift, info.dims)
+    return None if info is None else info.moved(info.axis + shift)
+
+
+def _factors(shape: tuple[int, ...], axis: int, out: tuple[int, ...]) -> tuple[int, int] | None:
+    """Output axes ``(first, last)`` that split input ``axis`` exactly (at least two of them)."""
+    prefix, length = math.prod(shape[:axis]), shape[axis]
+    first = next((j for j in range(len(out) + 1) if math.prod(out[:j]) == prefix), None)
+    if first is None:
+        return None
+    for last in range(first + 1, len(out)):
+        size = math.prod(out[first : last + 1])
+        if size == length and out[last] > 1 and out[last - 1] > 1:
+            return first, last
+        if size > length:
+            return None
+    return None
+
+
+def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
+    """A view that splits a unit axis into ``(..., H, d)``: the last two become heads and dimensions."""
+    shape, out = tuple(call.shape(call.get(0, "input"))), tuple(call.out_shape)
+    span = _factors(shape, info.axis, out) if len(info.segs) == 1 else None
+    if span is None:
+        return None
+    seg = resolve(eng, info.segs[0])
+    first, last = span
+    n_heads, d = out[last - 1], out[last]
+    outer = math.prod(out[first : last - 1])
+    virtual = (*shape[: info.axis], outer, n_heads, d, *shape[info.axis + 1 :])
+    heads = _reshape(Chan(info.axis + 1, (Seg(None, 1, n_heads, 1),)), virtual, out)
+    dims = _reshape(Chan(info.axis + 2, (Seg(None, 1, d, 1),)), virtual, out)
+    if heads is None or dims is None or heads.axis == dims.axis:
+        return None
+    if seg.shape()[:3] == (outer, n_heads, d):
+        heads_var, sub = seg.var, seg.sub if seg.sub is not None else Seg(None, 1, d, 1)
+    elif seg.sub is None and seg.shape() == (1, shape[info.axis], 1) and _refinable(eng, seg.var):
+        heads_var, sub = eng.new_var(n_heads, "heads"), Seg(eng.new_var(d, "head_dims"), 1, d, 1)
+        eng.refine(seg.var, Seg(heads_var, outer, n_heads, d, sub), substitute)  # type: ignore[arg-type]
+    else:
+        return None
+    return HeadChan(heads.axis, tuple(Seg(heads_var, s.outer, s.n, s.inner) for s in heads.segs),
+                    dims.axis, tuple(Seg(sub.var, s.outer * sub.outer, sub.n, s.inner * sub.inner) for s in dims.segs))
+
+
+def reshape(eng: Engine, call: Any) -> Any:
+    """Split into heads, merge heads back, or an ordinary reshape."""
+    x = call.get(0, "input")
+    info = _resolved(eng, call.chan(x))
+    if isinstance(info, Chan) and not isinstance(info, HeadChan):
+        if _structured(info):
+            out = _reshape(Chan(info.axis, tuple(Seg(s.var, s.outer, s.n, s.inner) for s in info.segs)),
+                           tuple(call.shape(x)), tuple(call.out_shape))
+            if out is not None and [s.shape()[:3] for s in out.segs] == [s.shape()[:3] for s in info.segs]:
+                return Chan(out.axis, info.segs)
+        else:
+            out = _reshape(info, tuple(call.shape(x)), tuple(call.out_shape))
+            if out is not None:
+                return out
+        split = _split_heads(eng, call, info)
+        if split is not None:
+            return split
+        return HANDLERS["reshape"](eng, call)
+    return per_axis(HANDLERS["reshape"])(eng, call)
+
+
+def split(eng: Engine, call: Any) -> Any:
+    """Equal pieces of a unit axis (a fused query/key/value projection) share one variable."""
+    x = call.get(0, "input")
+    info = _resolved(eng, call.chan(x))
+    shape = call.shape(x)
+    dim = call.get(2, "dim", 0)
+    dim = dim + len(shape) if dim < 0 else dim
+    outs = call.out_shape if isinstance(call.out_shape, tuple) and call.out_shape and isinstance(
+        call.out_shape[0], tuple) else None
+    if (isinstance(info, Chan) and not _structured(info) and outs and dim == info.axis and len(info.segs) == 1
+            and len({o[dim] for o in outs}) == 1 and info.segs[0].shape() == (1, shape[dim], 1)
+            and _refinable(eng, info.segs[0].var)):
+        piece = outs[0][dim]
+        new = Seg(eng.new_var(piece, "qkv"), len(outs), piece, 1)
+        eng.refine(info.segs[0].var, new, substitute)  # type: ignore[arg-type]
+        return tuple(Chan(dim, (Seg(new.var, 1, piece, 1),)) for _ in outs)
+    return per_axis(HANDLERS["split"])(eng, call)
+
+
+def _tracked(info: Any) -> list[tuple[int, tuple[Seg, ...]]]:
+    if isinstance(info, HeadChan):
+        return [(info.axis, info.segs), (info.dims_axis, info.dims)]
+    return [(info.axis, info.segs)] if isinstance(info, Chan) else []
+
+
+def _matmul_out(eng: Engine, call: Any, a: Any, b: Any, sa: tuple, sb: tuple, ndim: int) -> Any:
+    """Batch axes of the two operands are united, the contracted pair too; rows and columns pass."""
+    reason = f"{call.where} multiplies tensors whose unit axes do not line up"
+    contract: list[tuple[Seg, ...]] = []
+    kept: dict[int, list[tuple[Seg, ...]]] = {}
+    batch: dict[int, list[tuple[tuple[Seg, ...], tuple]]] = {}
+    for info, shape, c_ax, keep, out_keep, other in ((a, sa, len(sa) - 1, len(sa) - 2, ndim - 2, sb),
+                                                     (b, sb, len(sb) - 2, len(sb) - 1, ndim - 1, sa)):
+        for axis, segs in _tracked(info):
+            if axis == c_ax:
+                contract.append(segs)
+            elif axis == keep:
+                kept.setdefault(out_keep, []).append(segs)
+            else:
+                batch.setdefault(axis + ndim - len(shape), []).append((segs, other))
+    if len(contract) == 2:
+        eng.unify(contract[0], contract[1], reason)
+    elif contract:
+        eng.fix(Chan(0, contract[0]), reason)
+    out: list[tuple[int, tuple[Seg, ...]]] = [(ax, segs[0]) for ax, segs in kept.items()]
+    for axis, entries in batch.items():
+        if len(entries) == 2:
+            out.append((axis, unify_heads(eng, entries[0][0], entries[1][0], reason)))
+            continue
+        segs, other = entries[0]
+        pos = axis - (ndim - len(other))
+        if pos < 0 or other[pos] == 1:  # the other operand broadcasts along the heads
+            out.append((axis, segs))
+        else:
+            eng.fix(Chan(0, segs), reason)
+    out.sort(key=lambda item: item[0])
+    if len(out) == 1:
+        return Chan(*out[0])
+    if len(out) == 2:
+        return HeadChan(out[0][0], out[0][1], out[1][0], out[1][1])
+    eng.fix([Chan(0, s) for _, s in out], reason)
+    return None
+
+
+def matmul(eng: Engine, call: Any) -> Any:
+    """``matmul`` / ``bmm`` of activations (attention scores and their product with values)."""
+    x, y = call.get(0, "self"), call.get(1, "other", call.get(1, "mat2"))
+    a, b = _resolved(eng, call.chan(x)), _resolved(eng, call.chan(y))
+    if a is None and b is None:
+        for t in (x, y):
+            eng.assign_fixed(call.param(t))
+        return None
+    if call.param(x) is not None or call.param(y) is not None or len(call.shape(x)) < 2 or len(call.shape(y)) < 2:
+        return unknown(eng, call)
+    return _matmul_out(eng, call, a, b, tuple(call.shape(x)), tuple(call.shape(y)), len(call.out_shape))
+
+
+def sdpa(eng: Engine, call: Any) -> Any:
+    """``scaled_dot_product_attention(q, k, v)``: heads of all three united, q/k dimensions united."""
+    q, k, v = (_resolved(eng, call.chan(call.get(i, n))) for i, n in enumerate(("query", "key", "value")))
+    mask = call.get(3, "attn_mask")
+    reason = f"{call.where} attends over tensors whose heads do not line up"
+    ndim = len(call.out_shape)
+    infos = (q, k, v)
+    if call.chan(mask) is not None or call.get(7, "enable_gqa", False) or any(
+            not isinstance(i, Chan) or i.axis != ndim - 3 for i in infos):
+        for i in (*infos, call.chan(mask)):
+            eng.fix(i, reason)
+        return None
+    heads = unify_heads(eng, unify_heads(eng, q.segs, k.segs, reason), v.segs, reason)
+    if isinstance(q, HeadChan) and isinstance(k, HeadChan) and q.dims_axis == k.dims_axis == ndim - 1:
+        eng.unify(q.dims, k.dims, reason)
+    else:
+        for i in (q, k):
+            if isinstance(i, HeadChan):
+                eng.fix(i.dim_chan(), reason)
+    if isinstance(v, HeadChan) and v.dims_axis == ndim - 1:
+        return HeadChan(ndim - 3, heads, ndim - 1, v.dims)
+    return Chan(ndim - 3, heads)
+
+
+_TRACE_BACK = {"expand", "unsqueeze", "view", "reshape", "clone", "to", "contiguous", "alias", "repeat"}
+
+
+def _param_source(call: Any, node: Any) -> str | None:
+    """The parameter a chain of views and broadcasts starts from (a CLS token)."""
+    for _ in range(8):
+        name = call.param(node)
+        if name is not None:
+            return name
+        if not isinstance(node, fx.Node) or node.op != "call_function" or not node.args:
+            return None
+        kind = getattr(node.target, "_schema", None)
+        if kind is None or kind.name.split("::")[-1] not in _TRACE_BACK:
+            return None
+        node = node.args[0]
+    return None
+
+
+def cat(eng: Engine, call: Any) -> Any:
+    """A learned token (CLS) joined to the sequence: its hidden axis follows the sequence's."""
+    tensors = list(call.get(0, "tensors"))
+    infos = [_resolved(eng, call.chan(t)) for t in tensors]
+    carried = [i for i in infos if isinstance(i, Chan)]
+    if carried and not any(_structured(i) for i in carried) and any(i is None for i in infos):
+        first, ndim = carried[0], len(call.out_shape)
+        views = {}
+        for t, i in zip(tensors, infos, strict=True):
+            name = _param_source(call, t) if i is None else None
+            if i is None and name is not None:
+                pshape, pa = eng.param_shape(name), first.axis - ndim
+                if len(pshape) >= -pa and pshape[pa] == call.shape(t)[first.axis] == call.out_shape[first.axis]:
+                    eng.assign(name, len(pshape) + pa, first.segs)
+                    eng.assign_fixed(name, except_axis=len(pshape) + pa)
+                    views[t] = first
+        if views:
+            return _with(call, views, HANDLERS["cat"], eng)
+    return per_axis(HANDLERS["cat"])(eng, call)
+
+
+ALWAYS: dict[str, Handler] = {
+    "assert_tensor_metadata": _none, "addmm": addmm, "scaled_dot_product_attention": sdpa,
+    "matmul": matmul, "bmm": matmul, "expand": expand, "view": reshape, "reshape": reshape,
+    "_unsafe_view": reshape, "split": split, "cat": cat, "concat": cat,
+}
+TWO_AXES: dict[str, Handler] = {
+    **{k: per_axis(HANDLERS[k]) for k in _UNARY if k in HANDLERS},
+    **{k: per_axis(HANDLERS[k]) for k in ("add", "sub", "mul", "div", "true_divide", "rsub", "neg",
+                                          "transpose", "permute", "swapaxes", "t", "slice", "select",
+                                          "narrow", "getitem", "unsqueeze", "squeeze", "flatten",
+                                          "unflatten", "chunk", "unbind", "split_with_sizes",
+                                          "tensor_split", "mean", "sum", "native_dropout")
+       if k in HANDLERS},
+    "linear": HANDLERS["linear"],
+}
+
+
+def attention_handler(call: Any) -> Handler | None:
+    """The handler for ``call`` when attention needs one, else None (the ordinary table)."""
+    if call.kind in ALWAYS:
+        return ALWAYS[call.kind]
+    if any(_structured(call.chan(x)) for x in call.all_args()):
+        return TWO_AXES.get(call.kind, unknown)
+    return None
+
+
+# -- coverage -----------------------------------------------------------------------------------
+def mark_outputs(eng: Engine, outputs: list[Any]) -> None:
+    """Remember every variable in the class of one the model outputs (before they are fixed)."""
+    roots = {eng.find(v) for c in outputs if isinstance(c, Chan) for v in c.vars()}
+    eng.output_vars.update(v for v in range(1, eng.class_count()) if eng.find(v) in roots)
+
+
+def coverage(eng: Engine, spec: PermutationSpec) -> tuple[int, int]:
+    """``(permuted, total)`` units over the layers' output axes that do not reach the model output."""
+    permuted = total = 0
+    for name, axis in eng.layer_outputs:
+        layout = eng.param_layout(name, axis) or ()
+        if any(v in eng.output_vars for s in layout for v in s.vars()):
+            continue
+        length = eng.param_shape(name)[axis]
+        total += length
+        entry = spec.axes.get(name, ())[axis] if name in spec.axes else None
+        if isinstance(entry, Split):
+            permuted += length if any(g is not None for g in entry.groups) else 0
+        elif entry is not None:
+            permuted += length - _fixed_entries(entry)
+    return permuted, total
+
+
+def _fixed_entries(entry: Any) -> int:
+    parts = getattr(entry, "parts", ())
+    return sum(p for p in parts if isinstance(p, int))
+
+
+def warn_coverage(eng: Engine, spec: PermutationSpec, notes: list[str]) -> None:
+    """A :class:`UserWarning` when over 20% of the layers' units stay fixed (fusion averages them)."""
+    permuted, total = coverage(eng, spec)
+    if total and (total - permuted) / total > FIXED_SHARE_WARNING:
+        first = "; ".join(notes[:3]) if notes else "no op was named"
+        warnings.warn(
+            f"{100 * (total - permuted) / total:.0f}% of the layers' units ({total - permuted} of {total}) "
+            f"cannot be permuted and will be plainly averaged; first causes: {first}",
+            UserWarning, stacklevel=4,
+        )
