@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import fx
+from torch import fx, nn
 
 from gamfsolve import PermutationSpec, Split
 
@@ -33,7 +33,7 @@ from ._torch_graph import Chan, Engine, Seg, fixed_run
 from ._torch_ops import _UNARY, HANDLERS, unknown
 from ._torch_shape_ops import _reshape
 
-__all__ = ["HeadChan", "attention_handler", "coverage", "mark_outputs", "warn_coverage"]
+__all__ = ["HeadChan", "attention_handler", "coverage", "mark_outputs", "opaque_attention", "warn_coverage"]
 
 Handler = Callable[[Engine, Any], Any]
 FIXED_SHARE_WARNING = 0.2  # warn when more of the layers' units than this stay fixed
@@ -237,16 +237,65 @@ def _factors(shape: tuple[int, ...], axis: int, out: tuple[int, ...]) -> tuple[i
     return None
 
 
+_LAYOUT_ONLY = {"unsqueeze", "transpose", "squeeze", "contiguous", "permute", "clone", "alias", "to"}
+
+
+def _selected_later(node: fx.Node | None) -> bool:
+    """Whether a view's result is later cut into pieces by ``select`` / ``unbind`` (q, k, v slots)."""
+    frontier, seen = [node] if node is not None else [], 0
+    while frontier and seen < 32:
+        seen += 1
+        current = frontier.pop()
+        for user in current.users:
+            schema = getattr(user.target, "_schema", None)
+            kind = schema.name.split("::")[-1] if schema is not None else ""
+            if kind in ("select", "unbind"):
+                return True
+            if kind in _LAYOUT_ONLY:
+                frontier.append(user)
+    return False
+
+
+def _regroup(seg: Seg, axis: int, shape: tuple[int, ...], out: tuple[int, ...]) -> Chan | None:
+    """Where one run ``(outer, n, inner)`` of ``axis`` lands after a reshape (None: its units are split)."""
+    virtual = (*shape[:axis], seg.outer, seg.n, seg.inner, *shape[axis + 1 :])
+    moved = _reshape(Chan(axis + 1, (Seg(seg.var, 1, seg.n, 1),)), virtual, out)
+    if moved is None or len(moved.segs) != 1:
+        return None
+    new = moved.segs[0]
+    if seg.sub is None:
+        return moved
+    if new.inner % seg.inner:
+        return None
+    k = new.inner // seg.inner  # trailing axes merged after each unit's block
+    sub = seg.sub
+    return Chan(moved.axis, (Seg(new.var, new.outer, new.n, new.inner, Seg(sub.var, sub.outer, sub.n, sub.inner * k)),))
+
+
 def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
-    """A view that splits a unit axis into ``(..., H, d)``: the last two become heads and dimensions."""
+    """A view that splits a unit axis ``H*d`` into heads and dimensions (maybe merged with batch axes).
+
+    ``(..., H*d) -> (..., H, d)``, ``(..., 3*H*d) -> (..., 3, H, d)`` (a fused projection: one
+    heads and one dimension order for the three) and ``(T, B, H*d) -> (T, B*H, d)``. A two-way
+    split whose leading piece is later selected (``(..., 3*E) -> (..., 3, E)``, then q, k, v) is a
+    fused projection instead: the three pieces share one variable of ``E`` units.
+    """
     shape, out = tuple(call.shape(call.get(0, "input"))), tuple(call.out_shape)
-    span = _factors(shape, info.axis, out) if len(info.segs) == 1 else None
-    if span is None:
+    if len(info.segs) != 1:
         return None
     seg = resolve(eng, info.segs[0])
-    first, last = span
-    n_heads, d = out[last - 1], out[last]
-    outer = math.prod(out[first : last - 1])
+    length = shape[info.axis]
+    span = _factors(shape, info.axis, out)
+    if span is not None and span[1] - span[0] == 1 and _selected_later(call.node):
+        return _split_slots(eng, info, seg, out[span[0]], span[1])
+    if span is not None:
+        outer, n_heads, d = math.prod(out[span[0] : span[1] - 1]), out[span[1] - 1], out[span[1]]
+    else:
+        trail = math.prod(shape[info.axis + 1 :])
+        j = next((j for j in range(len(out) - 1, -1, -1) if math.prod(out[j + 1 :]) == trail), None)
+        if j is None or length % out[j] or out[j] in (1, length):
+            return None
+        outer, n_heads, d = 1, length // out[j], out[j]
     virtual = (*shape[: info.axis], outer, n_heads, d, *shape[info.axis + 1 :])
     heads = _reshape(Chan(info.axis + 1, (Seg(None, 1, n_heads, 1),)), virtual, out)
     dims = _reshape(Chan(info.axis + 2, (Seg(None, 1, d, 1),)), virtual, out)
@@ -254,7 +303,7 @@ def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
         return None
     if seg.shape()[:3] == (outer, n_heads, d):
         heads_var, sub = seg.var, seg.sub if seg.sub is not None else Seg(None, 1, d, 1)
-    elif seg.sub is None and seg.shape() == (1, shape[info.axis], 1) and _refinable(eng, seg.var):
+    elif seg.sub is None and seg.shape() == (1, length, 1) and _refinable(eng, seg.var):
         heads_var, sub = eng.new_var(n_heads, "heads"), Seg(eng.new_var(d, "head_dims"), 1, d, 1)
         eng.refine(seg.var, Seg(heads_var, outer, n_heads, d, sub), substitute)  # type: ignore[arg-type]
     else:
@@ -263,20 +312,36 @@ def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
                     dims.axis, tuple(Seg(sub.var, s.outer * sub.outer, sub.n, s.inner * sub.inner) for s in dims.segs))
 
 
+def _split_slots(eng: Engine, info: Chan, seg: Seg, slots: int, axis: int) -> Any:
+    """``(..., k*E) -> (..., k, E)``: the ``k`` slots share one variable of ``E`` units."""
+    if seg.sub is not None or seg.shape() != (1, seg.n, 1) or not _refinable(eng, seg.var):
+        return None
+    new = Seg(eng.new_var(seg.n // slots, "qkv"), slots, seg.n // slots, 1)
+    eng.refine(seg.var, new, substitute)  # type: ignore[arg-type]
+    return Chan(axis, (Seg(new.var, 1, new.n, 1),))
+
+
 def reshape(eng: Engine, call: Any) -> Any:
     """Split into heads, merge heads back, or an ordinary reshape."""
     x = call.get(0, "input")
     info = _resolved(eng, call.chan(x))
+    shape, out = tuple(call.shape(x)), tuple(call.out_shape)
+    if isinstance(info, HeadChan) and len(info.segs) == 1 and len(info.dims) == 1:
+        heads = _regroup(info.segs[0], info.axis, shape, out)
+        dims = _regroup(info.dims[0], info.dims_axis, shape, out)
+        if heads is not None and dims is not None:
+            joined = _join(heads, dims)
+            if joined is not None:
+                return joined
     if isinstance(info, Chan) and not isinstance(info, HeadChan):
-        if _structured(info):
-            out = _reshape(Chan(info.axis, tuple(Seg(s.var, s.outer, s.n, s.inner) for s in info.segs)),
-                           tuple(call.shape(x)), tuple(call.out_shape))
-            if out is not None and [s.shape()[:3] for s in out.segs] == [s.shape()[:3] for s in info.segs]:
-                return Chan(out.axis, info.segs)
-        else:
-            out = _reshape(info, tuple(call.shape(x)), tuple(call.out_shape))
-            if out is not None:
-                return out
+        if len(info.segs) == 1:
+            moved = _regroup(resolve(eng, info.segs[0]), info.axis, shape, out)
+            if moved is not None:
+                return moved
+        elif not _structured(info):
+            moved = _reshape(info, shape, out)
+            if moved is not None:
+                return moved
         split = _split_heads(eng, call, info)
         if split is not None:
             return split
@@ -427,7 +492,7 @@ def cat(eng: Engine, call: Any) -> Any:
 ALWAYS: dict[str, Handler] = {
     "assert_tensor_metadata": _none, "addmm": addmm, "scaled_dot_product_attention": sdpa,
     "matmul": matmul, "bmm": matmul, "expand": expand, "view": reshape, "reshape": reshape,
-    "_unsafe_view": reshape, "split": split, "cat": cat, "concat": cat,
+    "_unsafe_view": reshape, "unflatten": reshape, "split": split, "cat": cat, "concat": cat,
 }
 TWO_AXES: dict[str, Handler] = {
     **{k: per_axis(HANDLERS[k]) for k in _UNARY if k in HANDLERS},
@@ -448,6 +513,13 @@ def attention_handler(call: Any) -> Handler | None:
     if any(_structured(call.chan(x)) for x in call.all_args()):
         return TWO_AXES.get(call.kind, unknown)
     return None
+
+
+def opaque_attention(gm: fx.GraphModule) -> bool:
+    """Whether torch.fx left an attention module as one opaque call (export traces into it)."""
+    kinds = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+             nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
+    return any(n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), kinds) for n in gm.graph.nodes)
 
 
 # -- coverage -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Call:
                  out_shape: Any, module_params: tuple[str, ...] = ()) -> None:
         self.kind, self.args, self.kwargs, self.where = kind, args, dict(kwargs), where
         self.env, self.out_shape, self._module_params = env, out_shape, module_params
+        self.node: fx.Node | None = None  # the graph node (set by the propagation)
 
     def get(self, pos: int | None, name: str, default: Any = None) -> Any:
         if name in self.kwargs:
@@ -209,6 +210,7 @@ def _run(graph: fx.Graph, env: Env, modules: Mapping[str, nn.Module]) -> None:
             call = _module_call(node, modules[str(node.target)], env)
         else:
             call = _function_call(node, env)
+        call.node = node
         if call.kind in _NO_DATA or (call.kind == "getattr" and call.args[1] in _ATTRS_NO_DATA):
             continue
         env.info[node] = (attention_handler(call) or HANDLERS.get(call.kind, unknown))(eng, call)
