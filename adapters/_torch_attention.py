@@ -304,12 +304,27 @@ def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
     if seg.shape()[:3] == (outer, n_heads, d):
         heads_var, sub = seg.var, seg.sub if seg.sub is not None else Seg(None, 1, d, 1)
     elif seg.sub is None and seg.shape() == (1, length, 1) and _refinable(eng, seg.var):
-        heads_var, sub = eng.new_var(n_heads, "heads"), Seg(eng.new_var(d, "head_dims"), 1, d, 1)
+        module, projection = _names(call)
+        heads_var, sub = eng.new_var(n_heads, f"{module}.heads"), Seg(eng.new_var(d, f"{projection}.dims"), 1, d, 1)
         eng.refine(seg.var, Seg(heads_var, outer, n_heads, d, sub), substitute)  # type: ignore[arg-type]
     else:
         return None
     return HeadChan(heads.axis, tuple(Seg(heads_var, s.outer, s.n, s.inner) for s in heads.segs),
                     dims.axis, tuple(Seg(sub.var, s.outer * sub.outer, sub.n, s.inner * sub.inner) for s in dims.segs))
+
+
+def _names(call: Any) -> tuple[str, str]:
+    """Group labels: the attention module's path and the projection that feeds the view."""
+    stack = call.node.meta.get("nn_module_stack") if call.node is not None else None
+    module = str(list(stack.values())[-1][0]) if stack else "attention"
+    source = call.get(0, "input")
+    weight = None
+    if isinstance(source, fx.Node) and source.op == "call_function" and len(source.args) > 2:
+        for arg in source.args[:3]:
+            name = call.param(arg)
+            if name is not None and name.endswith("weight"):
+                weight = name
+    return module, call.label(weight) if weight is not None else module
 
 
 def _split_slots(eng: Engine, info: Chan, seg: Seg, slots: int, axis: int) -> Any:
