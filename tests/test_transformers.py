@@ -59,6 +59,16 @@ def test_hf_permuted_copy_is_recovered(hf: tuple, method: str) -> None:
     assert _max_param_diff(fused, model) <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_hf_eager_attention(name: str) -> None:
+    """The matmul / softmax form of attention (grouped-query and rotary for LLaMA)."""
+    model, x = make_hf(name, eager=True)
+    program = torch.export.export(model, (x,), strict=False)
+    assert not any("scaled_dot_product" in str(n.target) for n in program.graph.nodes)
+    spec = gt.spec_from_module(program, x)
+    assert linear_share(model, spec, HF[name][2]) >= 0.95
+
+
 class _SDPA(nn.Module):
     """Separate q/k/v projections, ``F.scaled_dot_product_attention``, a residual and LayerNorm."""
 

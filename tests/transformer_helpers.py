@@ -45,11 +45,21 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[], torch.Tensor], str]] =
 }
 
 
-def make_hf(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """A tiny model of ``name`` in eval mode and an example batch."""
+def make_hf(name: str, seed: int = 0, *, eager: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """A tiny model of ``name`` in eval mode and an example batch.
+
+    ``eager=True`` selects the ``matmul`` / ``softmax`` attention instead of
+    ``scaled_dot_product_attention``.
+    """
     factory, inputs, _ = HF[name]
     torch.manual_seed(seed)
-    return factory().eval(), inputs()
+    model = factory().eval()
+    if eager:
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None:
+                config._attn_implementation = "eager"
+    return model, inputs()
 
 
 def _permuted(entry: object, length: int) -> int:
