@@ -13,182 +13,37 @@ fixes them, and the heads still move. Grouped-query attention expands each key/v
 ``H / n_kv`` query heads; the query heads' variable is refined into ``n_kv`` blocks so that a
 key/value head and its query heads move together.
 
-Ops that see a two-axis tensor run the ordinary handler once per axis (through a temporary
-one-axis view of the tensor) and join the results; an op that is not understood fixes both.
+Ops that see a two-axis tensor run the ordinary handler once per axis (``_torch_heads``); an
+op that is not understood fixes both.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import fx, nn
 
-from gamfsolve import PermutationSpec, Split
-
 from ._torch_graph import Chan, Engine, Seg, fixed_run
+from ._torch_heads import (
+    HeadChan,
+    join,
+    per_axis,
+    refinable,
+    resolve,
+    resolved,
+    structured,
+    substitute,
+    unify_heads,
+    with_views,
+)
 from ._torch_ops import _UNARY, HANDLERS, unknown
 from ._torch_shape_ops import _reshape
 
-__all__ = ["HeadChan", "attention_handler", "coverage", "mark_outputs", "opaque_attention", "warn_coverage"]
+__all__ = ["attention_handler", "opaque_attention"]
 
 Handler = Callable[[Engine, Any], Any]
-FIXED_SHARE_WARNING = 0.2  # warn when more of the layers' units than this stay fixed
-
-
-@dataclass(frozen=True)
-class HeadChan(Chan):
-    """A tensor with two unit axes: heads (``axis``, ``segs``) and dimensions (``dims_axis``, ``dims``)."""
-
-    dims_axis: int = -1
-    dims: tuple[Seg, ...] = ()
-
-    def vars(self) -> list[int]:
-        return super().vars() + [v for s in self.dims for v in s.vars()]
-
-    def heads(self) -> Chan:
-        return Chan(self.axis, self.segs)
-
-    def dim_chan(self) -> Chan:
-        return Chan(self.dims_axis, self.dims)
-
-
-def _structured(info: Any) -> bool:
-    return isinstance(info, HeadChan) or (isinstance(info, Chan) and any(s.sub is not None for s in info.segs))
-
-
-# -- refinement -------------------------------------------------------------------------------
-def substitute(seg: Seg, var: int, layout: Seg) -> Seg | None:
-    """``seg`` with variable ``var`` replaced by the finer ``layout`` (None: not expressible)."""
-    if seg.var == var:
-        sub: Seg | None
-        if layout.sub is None:
-            sub = None if seg.sub is None else Seg(seg.sub.var, layout.inner * seg.sub.outer, seg.sub.n,
-                                                   seg.sub.inner, seg.sub.sub)
-        elif seg.sub is None and seg.inner == 1:
-            sub = layout.sub
-        else:
-            return None
-        return Seg(layout.var, seg.outer * layout.outer, layout.n, layout.inner * seg.inner, sub)
-    if seg.sub is not None and var in seg.sub.vars():
-        inner = substitute(seg.sub, var, layout)
-        return None if inner is None else Seg(seg.var, seg.outer, seg.n, seg.inner, inner)
-    return seg
-
-
-def resolve(eng: Engine, seg: Seg) -> Seg:
-    """Follow refinements made after ``seg`` was recorded."""
-    for _ in range(64):
-        var = next((v for v in seg.vars() if v in eng.refined), None)
-        if var is None:
-            return seg
-        new = substitute(seg, var, eng.refined[var])
-        if new is None:
-            return seg
-        seg = new
-    return seg
-
-
-def _refinable(eng: Engine, var: int | None) -> bool:
-    return var is not None and var not in eng.refined and not eng.is_fixed(var) and eng.class_size(var) == 1
-
-
-def _resolved(eng: Engine, info: Any) -> Any:
-    if isinstance(info, HeadChan):
-        return HeadChan(info.axis, tuple(resolve(eng, s) for s in info.segs), info.dims_axis,
-                        tuple(resolve(eng, s) for s in info.dims))
-    if isinstance(info, Chan):
-        return Chan(info.axis, tuple(resolve(eng, s) for s in info.segs))
-    return info
-
-
-def unify_heads(eng: Engine, a: tuple[Seg, ...], b: tuple[Seg, ...], reason: str) -> tuple[Seg, ...]:
-    """Unite two head layouts; a plain one is refined into blocks to match a grouped one."""
-    a = tuple(resolve(eng, s) for s in a)
-    b = tuple(resolve(eng, s) for s in b)
-    if len(a) == 1 and len(b) == 1 and a[0].shape() != b[0].shape() and a[0].length == b[0].length:
-        for x, y in ((a[0], b[0]), (b[0], a[0])):
-            if x.shape() == (1, x.length, 1) and y.sub is None and _refinable(eng, x.var):
-                new = Seg(eng.new_var(y.n, "heads"), y.outer, y.n, y.inner)
-                eng.refine(x.var, new, substitute)  # type: ignore[arg-type]
-                eng.unify((new,), (y,), reason)
-                return (y,)
-    eng.unify(a, b, reason)
-    return a if len(a) == 1 and len(b) == 1 and a[0].shape() == b[0].shape() else b
-
-
-# -- running an ordinary handler on one axis at a time ----------------------------------------
-def _with(call: Any, views: dict[fx.Node, Any], handler: Handler, eng: Engine) -> Any:
-    env = call.env
-    saved = {n: env.info.get(n) for n in views}
-    env.info.update(views)
-    try:
-        return handler(eng, call)
-    finally:
-        for n, v in saved.items():
-            env.info[n] = v
-
-
-def _nodes(call: Any) -> list[fx.Node]:
-    return [x for x in call.all_args() if isinstance(x, fx.Node)]
-
-
-def _join(heads: Any, dims: Any) -> Any:
-    if isinstance(heads, tuple) or isinstance(dims, tuple):
-        hs = heads if isinstance(heads, tuple) else (heads,) * len(dims)
-        ds = dims if isinstance(dims, tuple) else (dims,) * len(hs)
-        return tuple(_join(h, d) for h, d in zip(hs, ds, strict=True))
-    if isinstance(heads, Chan) and isinstance(dims, Chan):
-        if heads.axis == dims.axis:
-            return _merge(heads, dims)
-        return HeadChan(heads.axis, heads.segs, dims.axis, _one_run(dims.segs))
-    return heads if isinstance(heads, Chan) else dims
-
-
-def _one_run(segs: tuple[Seg, ...]) -> tuple[Seg, ...]:
-    if len(segs) > 1 and all(s.var is None for s in segs):
-        return fixed_run(sum(s.length for s in segs))
-    return segs
-
-
-def _merge(heads: Chan, dims: Chan) -> Chan | None:
-    """Heads and dimensions merged into one axis: a run with a ``sub`` layout."""
-    if len(heads.segs) != 1 or len(dims.segs) != 1:
-        return None
-    h, e = heads.segs[0], dims.segs[0]
-    block = h.outer * h.n
-    if h.length != e.length or e.outer % block or h.inner != (e.outer // block) * e.n * e.inner or e.sub is not None:
-        return None
-    return Chan(heads.axis, (Seg(h.var, h.outer, h.n, h.inner, Seg(e.var, e.outer // block, e.n, e.inner)),))
-
-
-def per_axis(handler: Handler) -> Handler:
-    """Run ``handler`` on the heads, then on the dimensions, of every two-axis argument."""
-
-    def run(eng: Engine, call: Any) -> Any:
-        nodes = _nodes(call)
-        infos = {n: _resolved(eng, call.env.info.get(n)) for n in nodes}
-        heads = {n: (i.heads() if isinstance(i, HeadChan) else i) for n, i in infos.items()}
-        dims = {n: (i.dim_chan() if isinstance(i, HeadChan) else i) for n, i in infos.items()}
-        if any(isinstance(i, HeadChan) for i in infos.values()) and not all(
-                isinstance(i, HeadChan) or call.chan(n) is None for n, i in infos.items()):
-            for i in infos.values():  # a one-axis tensor: its other axes are in a fixed order
-                if isinstance(i, HeadChan):
-                    eng.fix(i.dim_chan(), f"{call.where} joins heads with a tensor in a fixed order")
-            return _with(call, heads, handler, eng)
-        out_heads = _with(call, heads, handler, eng)
-        if not any(isinstance(i, HeadChan) for i in infos.values()):
-            return out_heads
-        out_dims = _with(call, dims, handler, eng)
-        joined = _join(out_heads, out_dims)
-        if joined is None:
-            eng.fix(list(infos.values()), f"{call.where} mixes heads and dimensions")
-        return joined
-
-    return run
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -202,7 +57,7 @@ def addmm(eng: Engine, call: Any) -> Any:
     b, x, w = call.param(call.get(0, "self")), call.get(1, "mat1"), call.param(call.get(2, "mat2"))
     if w is None or b is None or len(eng.param_shape(w)) != 2:
         return unknown(eng, call)
-    info = _resolved(eng, call.chan(x))
+    info = resolved(eng, call.chan(x))
     if isinstance(info, Chan) and not isinstance(info, HeadChan) and info.axis == 1:
         eng.assign(w, 0, info.segs)
     else:
@@ -215,7 +70,7 @@ def addmm(eng: Engine, call: Any) -> Any:
 
 def expand(eng: Engine, call: Any) -> Any:
     """Broadcasting to a larger shape keeps every axis of length > 1 where it is."""
-    info = _resolved(eng, call.chan(call.get(0, "self")))
+    info = resolved(eng, call.chan(call.get(0, "self")))
     shift = len(call.out_shape) - len(call.shape(call.get(0, "self")))
     if isinstance(info, HeadChan):
         return HeadChan(info.axis + shift, info.segs, info.dims_axis + shift, info.dims)
@@ -303,7 +158,7 @@ def _split_heads(eng: Engine, call: Any, info: Chan) -> Any:
         return None
     if seg.shape()[:3] == (outer, n_heads, d):
         heads_var, sub = seg.var, seg.sub if seg.sub is not None else Seg(None, 1, d, 1)
-    elif seg.sub is None and seg.shape() == (1, length, 1) and _refinable(eng, seg.var):
+    elif seg.sub is None and seg.shape() == (1, length, 1) and refinable(eng, seg.var):
         module, projection = _names(call)
         heads_var, sub = eng.new_var(n_heads, f"{module}.heads"), Seg(eng.new_var(d, f"{projection}.dims"), 1, d, 1)
         eng.refine(seg.var, Seg(heads_var, outer, n_heads, d, sub), substitute)  # type: ignore[arg-type]
@@ -329,7 +184,7 @@ def _names(call: Any) -> tuple[str, str]:
 
 def _split_slots(eng: Engine, info: Chan, seg: Seg, slots: int, axis: int) -> Any:
     """``(..., k*E) -> (..., k, E)``: the ``k`` slots share one variable of ``E`` units."""
-    if seg.sub is not None or seg.shape() != (1, seg.n, 1) or not _refinable(eng, seg.var):
+    if seg.sub is not None or seg.shape() != (1, seg.n, 1) or not refinable(eng, seg.var):
         return None
     new = Seg(eng.new_var(seg.n // slots, "qkv"), slots, seg.n // slots, 1)
     eng.refine(seg.var, new, substitute)  # type: ignore[arg-type]
@@ -339,13 +194,13 @@ def _split_slots(eng: Engine, info: Chan, seg: Seg, slots: int, axis: int) -> An
 def reshape(eng: Engine, call: Any) -> Any:
     """Split into heads, merge heads back, or an ordinary reshape."""
     x = call.get(0, "input")
-    info = _resolved(eng, call.chan(x))
+    info = resolved(eng, call.chan(x))
     shape, out = tuple(call.shape(x)), tuple(call.out_shape)
     if isinstance(info, HeadChan) and len(info.segs) == 1 and len(info.dims) == 1:
         heads = _regroup(info.segs[0], info.axis, shape, out)
         dims = _regroup(info.dims[0], info.dims_axis, shape, out)
         if heads is not None and dims is not None:
-            joined = _join(heads, dims)
+            joined = join(heads, dims)
             if joined is not None:
                 return joined
     if isinstance(info, Chan) and not isinstance(info, HeadChan):
@@ -353,7 +208,7 @@ def reshape(eng: Engine, call: Any) -> Any:
             moved = _regroup(resolve(eng, info.segs[0]), info.axis, shape, out)
             if moved is not None:
                 return moved
-        elif not _structured(info):
+        elif not structured(info):
             moved = _reshape(info, shape, out)
             if moved is not None:
                 return moved
@@ -367,15 +222,15 @@ def reshape(eng: Engine, call: Any) -> Any:
 def split(eng: Engine, call: Any) -> Any:
     """Equal pieces of a unit axis (a fused query/key/value projection) share one variable."""
     x = call.get(0, "input")
-    info = _resolved(eng, call.chan(x))
+    info = resolved(eng, call.chan(x))
     shape = call.shape(x)
     dim = call.get(2, "dim", 0)
     dim = dim + len(shape) if dim < 0 else dim
     outs = call.out_shape if isinstance(call.out_shape, tuple) and call.out_shape and isinstance(
         call.out_shape[0], tuple) else None
-    if (isinstance(info, Chan) and not _structured(info) and outs and dim == info.axis and len(info.segs) == 1
+    if (isinstance(info, Chan) and not structured(info) and outs and dim == info.axis and len(info.segs) == 1
             and len({o[dim] for o in outs}) == 1 and info.segs[0].shape() == (1, shape[dim], 1)
-            and _refinable(eng, info.segs[0].var)):
+            and refinable(eng, info.segs[0].var)):
         piece = outs[0][dim]
         new = Seg(eng.new_var(piece, "qkv"), len(outs), piece, 1)
         eng.refine(info.segs[0].var, new, substitute)  # type: ignore[arg-type]
@@ -431,7 +286,7 @@ def _matmul_out(eng: Engine, call: Any, a: Any, b: Any, sa: tuple, sb: tuple, nd
 def matmul(eng: Engine, call: Any) -> Any:
     """``matmul`` / ``bmm`` of activations (attention scores and their product with values)."""
     x, y = call.get(0, "self"), call.get(1, "other", call.get(1, "mat2"))
-    a, b = _resolved(eng, call.chan(x)), _resolved(eng, call.chan(y))
+    a, b = resolved(eng, call.chan(x)), resolved(eng, call.chan(y))
     if a is None and b is None:
         for t in (x, y):
             eng.assign_fixed(call.param(t))
@@ -443,7 +298,7 @@ def matmul(eng: Engine, call: Any) -> Any:
 
 def sdpa(eng: Engine, call: Any) -> Any:
     """``scaled_dot_product_attention(q, k, v)``: heads of all three united, q/k dimensions united."""
-    q, k, v = (_resolved(eng, call.chan(call.get(i, n))) for i, n in enumerate(("query", "key", "value")))
+    q, k, v = (resolved(eng, call.chan(call.get(i, n))) for i, n in enumerate(("query", "key", "value")))
     mask = call.get(3, "attn_mask")
     reason = f"{call.where} attends over tensors whose heads do not line up"
     ndim = len(call.out_shape)
@@ -486,9 +341,9 @@ def _param_source(call: Any, node: Any) -> str | None:
 def cat(eng: Engine, call: Any) -> Any:
     """A learned token (CLS) joined to the sequence: its hidden axis follows the sequence's."""
     tensors = list(call.get(0, "tensors"))
-    infos = [_resolved(eng, call.chan(t)) for t in tensors]
+    infos = [resolved(eng, call.chan(t)) for t in tensors]
     carried = [i for i in infos if isinstance(i, Chan)]
-    if carried and not any(_structured(i) for i in carried) and any(i is None for i in infos):
+    if carried and not any(structured(i) for i in carried) and any(i is None for i in infos):
         first, ndim = carried[0], len(call.out_shape)
         views = {}
         for t, i in zip(tensors, infos, strict=True):
@@ -500,7 +355,7 @@ def cat(eng: Engine, call: Any) -> Any:
                     eng.assign_fixed(name, except_axis=len(pshape) + pa)
                     views[t] = first
         if views:
-            return _with(call, views, HANDLERS["cat"], eng)
+            return with_views(call, views, HANDLERS["cat"], eng)
     return per_axis(HANDLERS["cat"])(eng, call)
 
 
@@ -525,7 +380,7 @@ def attention_handler(call: Any) -> Handler | None:
     """The handler for ``call`` when attention needs one, else None (the ordinary table)."""
     if call.kind in ALWAYS:
         return ALWAYS[call.kind]
-    if any(_structured(call.chan(x)) for x in call.all_args()):
+    if any(structured(call.chan(x)) for x in call.all_args()):
         return TWO_AXES.get(call.kind, unknown)
     return None
 
@@ -535,44 +390,3 @@ def opaque_attention(gm: fx.GraphModule) -> bool:
     kinds = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
              nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
     return any(n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), kinds) for n in gm.graph.nodes)
-
-
-# -- coverage -----------------------------------------------------------------------------------
-def mark_outputs(eng: Engine, outputs: list[Any]) -> None:
-    """Remember every variable in the class of one the model outputs (before they are fixed)."""
-    roots = {eng.find(v) for c in outputs if isinstance(c, Chan) for v in c.vars()}
-    eng.output_vars.update(v for v in range(1, eng.class_count()) if eng.find(v) in roots)
-
-
-def coverage(eng: Engine, spec: PermutationSpec) -> tuple[int, int]:
-    """``(permuted, total)`` units over the layers' output axes that do not reach the model output."""
-    permuted = total = 0
-    for name, axis in eng.layer_outputs:
-        layout = eng.param_layout(name, axis) or ()
-        if any(v in eng.output_vars for s in layout for v in s.vars()):
-            continue
-        length = eng.param_shape(name)[axis]
-        total += length
-        entry = spec.axes.get(name, ())[axis] if name in spec.axes else None
-        if isinstance(entry, Split):
-            permuted += length if any(g is not None for g in entry.groups) else 0
-        elif entry is not None:
-            permuted += length - _fixed_entries(entry)
-    return permuted, total
-
-
-def _fixed_entries(entry: Any) -> int:
-    parts = getattr(entry, "parts", ())
-    return sum(p for p in parts if isinstance(p, int))
-
-
-def warn_coverage(eng: Engine, spec: PermutationSpec, notes: list[str]) -> None:
-    """A :class:`UserWarning` when over 20% of the layers' units stay fixed (fusion averages them)."""
-    permuted, total = coverage(eng, spec)
-    if total and (total - permuted) / total > FIXED_SHARE_WARNING:
-        first = "; ".join(notes[:3]) if notes else "no op was named"
-        warnings.warn(
-            f"{100 * (total - permuted) / total:.0f}% of the layers' units ({total - permuted} of {total}) "
-            f"cannot be permuted and will be plainly averaged; first causes: {first}",
-            UserWarning, stacklevel=4,
-        )

@@ -18,7 +18,8 @@ from torch import fx, nn
 from gamfsolve import FusionError, PermutationSpec
 
 from . import _torch_shape_ops  # noqa: F401  (registers the shape handlers)
-from ._torch_attention import attention_handler, mark_outputs, warn_coverage
+from ._torch_attention import attention_handler
+from ._torch_coverage import mark_outputs, warn_coverage
 from ._torch_graph import Engine
 from ._torch_ops import HANDLERS, unknown
 

@@ -121,7 +121,7 @@ class Segment(NamedTuple):
 def segments_of(entry: AxisEntry) -> tuple[Segment, ...]:
     """Split an axis entry into its runs (a plain axis is one run); not for :class:`Split`."""
     if isinstance(entry, Split):
-        raise FusionError(f"{entry!r} has no runs: expand the spec with gamfsolve._heads.expand first")
+        raise FusionError(f"{entry!r} has no runs; a Split axis is expanded into its sub-axes first")
     if entry is None:
         return (Segment(None, 0, 1),)  # length filled in from the shape
     if isinstance(entry, str):
@@ -162,7 +162,8 @@ class PermutationSpec:
     ----------
     axes : mapping of str to tuple
         ``axes[name][a]`` is the group acting on axis ``a`` of parameter ``name``:
-        a group name, :class:`Blocks`, :class:`Concat`, or ``None`` for a fixed axis.
+        a group name, :class:`Blocks`, :class:`Concat`, :class:`Split` (attention heads and
+        their dimensions), or ``None`` for a fixed axis.
         A residual stream is one group named on every layer that reads or writes it.
 
     Examples
