@@ -94,7 +94,7 @@ def match(
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
     """
     solver = _solver(method, options)
-    if spec.has_split:  # attention heads: every method sees the Split axes as plain sub-axes
+    if isinstance(spec, PermutationSpec) and spec.has_split:  # every method sees Split axes as plain sub-axes
         return match(expand_models(models, spec), expand_spec(spec), method=method, weights=weights, seed=seed,
                      **options)
     checked = check_models(models, spec, weights)
@@ -123,7 +123,7 @@ def merge(
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
-    if spec.has_split:
+    if isinstance(spec, PermutationSpec) and spec.has_split:
         return collapse(merge(expand_models(models, spec), expand_spec(spec), result, weights=weights), spec)
     w = check_weights(weights, len(models))
     out: dict[str, Array] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._errors import FusionError
 from ._spec import AxisEntry, PermutationSpec, Split
 from ._xp import namespace
 
@@ -53,8 +54,13 @@ def expand(params: Mapping[str, Array], spec: PermutationSpec) -> dict[str, Arra
     for name, x in params.items():
         entries = spec.axes.get(name, ())
         if any(isinstance(e, Split) for e in entries):
-            xp = namespace(x)
-            x = xp.reshape(x, _expanded_shape(tuple(x.shape), entries))
+            if len(entries) != len(x.shape):
+                raise FusionError(f"spec for {name!r} has {len(entries)} axes but the parameter has shape {x.shape}")
+            try:
+                shape = _expanded_shape(tuple(x.shape), entries)
+            except FusionError as exc:
+                raise FusionError(f"parameter {name!r}: {exc}") from None
+            x = namespace(x).reshape(x, shape)
         out[name] = x
     return out
 

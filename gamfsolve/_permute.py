@@ -134,7 +134,7 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     widths). Groups missing from ``perms`` are left as they are. Returns a new dict; the input
     is not modified.
     """
-    if spec.has_split:  # attention heads: permute the Split axes as plain sub-axes
+    if isinstance(spec, PermutationSpec) and spec.has_split:  # Split axes permuted as plain sub-axes
         return collapse(permute(expand(params, spec), expand_spec(spec), perms), spec)
     unknown = [g for g in perms if g not in spec.groups]
     if unknown:
