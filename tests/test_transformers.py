@@ -158,3 +158,13 @@ def test_gpt2_tied_embeddings_stay_tied() -> None:
     assert spec.axes["transformer.wpe.weight"] == (None, stream)
     assert spec.axes["transformer.ln_f.weight"] == (stream,)
     assert spec.axes["transformer.h.0.attn.c_attn.weight"][0] == stream  # Conv1D: (in, out)
+
+
+def test_different_head_widths_fuse_into_the_wider_model() -> None:
+    """Four heads of 4 and of 6 dimensions: the fusion has the wider model's shapes."""
+    torch.manual_seed(0)
+    narrow, wide = _SDPA(d=16).eval(), _SDPA(d=24).eval()
+    x = torch.randn(2, 5, 3)
+    fused = gt.fuse_modules([narrow, wide], x, method="gamf", seed=0)
+    assert {k: v.shape for k, v in fused.state_dict().items()} == {k: v.shape for k, v in wide.state_dict().items()}
+    assert torch.isfinite(fused(x)).all()
