@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from gamfsolve import Blocks, Concat, FusionError
 from gamfsolve._spec import AxisEntry
 
-__all__ = ["GraphInfo", "Seg", "walk"]
+__all__ = ["GraphInfo", "Seg", "walk", "weight_key"]
 
 log = logging.getLogger("gamfsolve.adapters.keras")
 
@@ -127,6 +127,12 @@ class _Groups:
         if len(parts) == 1 and not isinstance(parts[0], int):
             return parts[0]
         return Concat(*parts)
+
+
+def _suffix(layer: Any, var: Any) -> str:
+    """A weight's name inside its top-level layer (``"query.kernel"`` in an attention layer)."""
+    parts = var.path.split("/")
+    return ".".join(parts[parts.index(layer.name) + 1 :]) if layer.name in parts else var.name
 
 
 def _fixed(tensor: Any) -> Label:
@@ -247,6 +253,32 @@ class _Walker:
         entry = tuple(x if a == rank - 1 else None for a in axes)
         return x if self._weights(layer, {"gamma": entry, "beta": entry}) else None
 
+    def _attention(self, layer: Any, node: Any) -> Label | None:
+        """``MultiHeadAttention``: kernels ``(in, heads, dim)`` and ``(heads, dim, out)``.
+
+        One heads group for the four projections, one within-head group for query and key, one
+        for value and the output projection; the inputs' groups on the kernels' input axes.
+        """
+        ins = node.input_tensors
+        if (id(layer) in self.layer_out or len(ins) not in (2, 3) or any(len(t.shape) != 3 for t in ins)
+                or getattr(layer, "_attention_axes", None) not in (None, (1,))):
+            return None
+        q_in, v_in = self.labels[id(ins[0])], self.labels[id(ins[1])]
+        k_in = self.labels[id(ins[2])] if len(ins) == 3 else v_in
+        n_heads, dk, dv = layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim
+        heads, qk, vo = ((Seg(self.groups.new(f"{layer.name}.{s}"), 1, 1, n),) for s, n in
+                         (("heads", n_heads), ("qk", dk), ("vo", dv)))
+        out = self._out_label(layer, int(node.output_tensors[0].shape[-1]))
+        axes = {"query.kernel": (q_in, heads, qk), "query.bias": (heads, qk), "key.kernel": (k_in, heads, qk),
+                "key.bias": (heads, qk), "value.kernel": (v_in, heads, vo), "value.bias": (heads, vo),
+                "attention_output.kernel": (heads, vo, out), "attention_output.bias": (out,)}
+        names = [_suffix(layer, w) for w in layer.weights]
+        if not set(names) <= set(axes):
+            return None
+        for n in names:
+            self.raw[(layer.name, n)] = axes[n]
+        return out
+
     def _flatten(self, layer: Any, x: Label, node: Any) -> Label | None:
         if layer.data_format != "channels_last":
             return None
@@ -296,6 +328,8 @@ class _Walker:
             out = self._conv(op, x)
         elif is_layer and kind in ("BatchNormalization", "LayerNormalization") and len(ins) == 1:
             out = self._norm(op, x, len(ins[0].shape))
+        elif is_layer and kind == "MultiHeadAttention":
+            out = self._attention(op, node)
         elif is_layer and kind == "Flatten":
             out = self._flatten(op, x, node)
         elif is_layer and kind in _PASS and len(ins) == 1:
@@ -350,6 +384,11 @@ class _Walker:
                 "channel count; give the model inputs a fixed last dimension"
             )
         return entry
+
+
+def weight_key(layer: Any, var: Any) -> tuple[str, str]:
+    """The key of a weight's entry in :attr:`GraphInfo.entries` (attention weights by their sublayer)."""
+    return layer.name, _suffix(layer, var) if type(layer).__name__ == "MultiHeadAttention" else var.name
 
 
 def walk(model: Any) -> GraphInfo:

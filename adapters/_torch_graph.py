@@ -14,10 +14,10 @@ of the spec, or ``None`` if it is fixed or used by a single parameter only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gamfsolve import Blocks, Concat, PermutationSpec
+from gamfsolve import Blocks, Concat, PermutationSpec, Split
 from gamfsolve._spec import AxisEntry
 
 __all__ = ["FIXED", "Chan", "Engine", "Seg"]
@@ -33,13 +33,19 @@ class Seg:
     outer: int
     n: int
     inner: int
+    sub: Seg | None = None  # the layout of each unit's ``inner`` block (dimensions of a head)
 
     @property
     def length(self) -> int:
         return self.outer * self.n * self.inner
 
-    def shape(self) -> tuple[int, int, int]:
-        return (self.outer, self.n, self.inner)
+    def shape(self) -> tuple[int, ...]:
+        return (self.outer, self.n, self.inner) + (self.sub.shape() if self.sub is not None else ())
+
+    def vars(self) -> list[int]:
+        """Its unit variable and those of its ``sub`` layout."""
+        own = [] if self.var is None else [self.var]
+        return own + (self.sub.vars() if self.sub is not None else [])
 
 
 def fixed_run(length: int) -> tuple[Seg, ...]:
@@ -57,6 +63,10 @@ class Chan:
     def moved(self, axis: int) -> Chan:
         return Chan(axis, self.segs)
 
+    def vars(self) -> list[int]:
+        """Every unit variable the tensor carries."""
+        return [v for seg in self.segs for v in seg.vars()]
+
 
 class Engine:
     """Union-find over unit variables plus what each parameter axis must follow."""
@@ -69,6 +79,9 @@ class Engine:
         self._label: list[str] = ["<fixed>"]
         self._param_axes: dict[tuple[str, int], tuple[Seg, ...]] = {}
         self.notes: list[str] = []  # why groups were fixed, for logging and strict mode
+        self.refined: dict[int, Seg] = {}  # a variable replaced by a finer layout (heads)
+        self.layer_outputs: list[tuple[str, int]] = []  # parameter axes that hold a layer's units
+        self.output_vars: set[int] = set()  # variables that reach the model's outputs
 
     # -- union-find ---------------------------------------------------------------------
     def new_var(self, n: int, label: str) -> int:
@@ -104,10 +117,9 @@ class Engine:
         """Fix every variable in ``info`` (a Chan, a tuple of them, or None)."""
         touched = False
         for chan in _chans(info):
-            for seg in chan.segs:
-                if seg.var is not None:
-                    touched = touched or not self.is_fixed(seg.var)
-                    self.union(seg.var, FIXED)
+            for var in chan.vars():
+                touched = touched or not self.is_fixed(var)
+                self.union(var, FIXED)
         if reason and touched:
             self.notes.append(reason)
 
@@ -117,11 +129,15 @@ class Engine:
             self.fix(Chan(0, a), reason or None)
             self.fix(Chan(0, b), reason or None)
             return False
-        for sa, sb in zip(a, b, strict=False):
-            if sa.var is not None and sb.var is not None:
-                self.union(sa.var, sb.var)
-            elif sa.var is not None or sb.var is not None:
-                self.union(sa.var if sa.var is not None else sb.var, FIXED)  # type: ignore[arg-type]
+        for first, second in zip(a, b, strict=False):
+            sa: Seg | None = first
+            sb: Seg | None = second
+            while sa is not None and sb is not None:  # a run and the runs of its sub layout
+                if sa.var is not None and sb.var is not None:
+                    self.union(sa.var, sb.var)
+                elif sa.var is not None or sb.var is not None:
+                    self.union(sa.var if sa.var is not None else sb.var, FIXED)  # type: ignore[arg-type]
+                sa, sb = sa.sub, sb.sub
         return True
 
     # -- parameters -------------------------------------------------------------------------
@@ -159,7 +175,36 @@ class Engine:
         if key not in self._param_axes:
             n = self.param_shape(name)[axis]
             self._param_axes[key] = (Seg(self.new_var(n, label), 1, n, 1),)
+            self.layer_outputs.append(key)
         return self._param_axes[key]
+
+    def param_layout(self, name: str, axis: int) -> tuple[Seg, ...] | None:
+        """The runs recorded for ``name`` axis ``axis`` (None if none yet)."""
+        return self._param_axes.get((self.canonical(name), axis))
+
+    def class_count(self) -> int:
+        """How many variables exist (the fixed class included)."""
+        return len(self._parent)
+
+    def class_size(self, var: int) -> int:
+        """How many variables share ``var``'s class."""
+        root = self.find(var)
+        return sum(1 for v in range(1, len(self._parent)) if self.find(v) == root)
+
+    def refine(self, var: int, layout: Seg, substitute: object) -> None:
+        """Replace ``var`` by the finer ``layout`` on every parameter axis that follows it.
+
+        ``substitute(seg, var, layout)`` returns the rewritten run (``None``: not expressible,
+        the run is fixed).
+        """
+        self.refined[var] = layout
+        for key, segs in self._param_axes.items():
+            if any(var in s.vars() for s in segs):
+                new = [substitute(s, var, layout) for s in segs]  # type: ignore[operator]
+                if len(segs) > 1 or any(x is None for x in new):
+                    self.fix(Chan(0, segs), f"parameter {key[0]!r} axis {key[1]} mixes heads with other runs")
+                else:
+                    self._param_axes[key] = tuple(new)
 
     # -- the spec ---------------------------------------------------------------------------
     def spec(self, names: list[str]) -> PermutationSpec:
@@ -173,14 +218,20 @@ class Engine:
             for axis, length in enumerate(self.shapes[canon]):
                 segs = self._param_axes.get((canon, axis), fixed_run(length))
                 runs = [(None if s.var is None else group_of.get(self.find(s.var)), s) for s in segs]
-                for g, _ in runs:
-                    if g is not None:
+                for var in (v for s in segs for v in s.vars()):
+                    if (g := group_of.get(self.find(var))) is not None:
                         users.setdefault(g, set()).add(name)
                 axes.append(runs)
             raw[name] = axes
         lonely = {g for g, who in users.items() if len(who) < 2}
+
+        def group(var: int | None) -> str | None:
+            g = None if var is None else group_of.get(self.find(var))
+            return None if g in lonely else g
+
         return PermutationSpec(
-            {name: tuple(_entry(runs, lonely) for runs in axes) for name, axes in raw.items()}
+            {name: tuple(split_entry(runs[0][1], group) if len(runs) == 1 and runs[0][1].sub is not None
+                         else _entry(runs, lonely) for runs in axes) for name, axes in raw.items()}
         )
 
     def _group_names(self) -> dict[int, str]:
@@ -198,6 +249,23 @@ class Engine:
             taken.add(name)
             out[root] = name
         return out
+
+
+def split_entry(seg: Seg, group: Callable[[int | None], str | None]) -> AxisEntry:
+    """A run with a ``sub`` layout (heads of ``d`` dimensions) as a :class:`Split` entry."""
+    sub = seg.sub
+    assert sub is not None
+    parts: list[tuple[str | None, int]] = [(None, seg.outer), (group(seg.var), seg.n), (None, sub.outer),
+                                           (group(sub.var), sub.n), (None, sub.inner)]
+    parts = [p for p in parts if p[0] is not None or p[1] > 1]
+    if all(g is None for g, _ in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0][0]
+    shape = [n for _, n in parts]
+    if parts[-1][0] is not None and parts[-1][0] == group(sub.var):
+        shape[-1] = -1  # the head width: models of different widths share the spec
+    return Split(tuple(g for g, _ in parts), tuple(shape))
 
 
 def _both_fixed(a: tuple[Seg, ...], b: tuple[Seg, ...]) -> bool:

@@ -18,6 +18,8 @@ from torch import fx, nn
 from gamfsolve import FusionError, PermutationSpec
 
 from . import _torch_shape_ops  # noqa: F401  (registers the shape handlers)
+from ._torch_attention import attention_handler
+from ._torch_coverage import mark_outputs, warn_coverage
 from ._torch_graph import Engine
 from ._torch_ops import HANDLERS, unknown
 
@@ -45,6 +47,7 @@ class Call:
                  out_shape: Any, module_params: tuple[str, ...] = ()) -> None:
         self.kind, self.args, self.kwargs, self.where = kind, args, dict(kwargs), where
         self.env, self.out_shape, self._module_params = env, out_shape, module_params
+        self.node: fx.Node | None = None  # the graph node (set by the propagation)
 
     def get(self, pos: int | None, name: str, default: Any = None) -> Any:
         if name in self.kwargs:
@@ -200,15 +203,18 @@ def _run(graph: fx.Graph, env: Env, modules: Mapping[str, nn.Module]) -> None:
         if node.op in ("placeholder", "get_attr"):
             continue
         if node.op == "output":
-            eng.fix([env.info.get(x) for x in _flat(node.args)])  # outputs keep their order
+            outputs = [env.info.get(x) for x in _flat(node.args)]
+            mark_outputs(eng, outputs)
+            eng.fix(outputs)  # outputs keep their order
             continue
         if node.op == "call_module":
             call = _module_call(node, modules[str(node.target)], env)
         else:
             call = _function_call(node, env)
+        call.node = node
         if call.kind in _NO_DATA or (call.kind == "getattr" and call.args[1] in _ATTRS_NO_DATA):
             continue
-        env.info[node] = HANDLERS.get(call.kind, unknown)(eng, call)
+        env.info[node] = (attention_handler(call) or HANDLERS.get(call.kind, unknown))(eng, call)
 
 
 def _flat(x: Any) -> list[Any]:
@@ -270,4 +276,6 @@ def derive_spec(
         (on_note or logger.info)(note)
     if strict and notes:
         raise FusionError("strict=True and some units cannot be permuted safely:\n  " + "\n  ".join(notes))
-    return engine.spec(list(param_shapes))
+    spec = engine.spec(list(param_shapes))
+    warn_coverage(engine, spec, notes)
+    return spec

@@ -31,7 +31,7 @@ import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._validate import widest
 
-from ._keras_graph import GraphInfo, walk
+from ._keras_graph import GraphInfo, walk, weight_key
 
 __all__ = [
     "check_spec",
@@ -149,7 +149,7 @@ def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> Pe
     info = graph_info(model)
     axes = {}
     for name, var, layer in _named_variables(model):
-        key = (layer.name, var.name)
+        key = weight_key(layer, var)
         axes[name] = info.entries[key] if key in info.entries else (None,) * len(var.shape)
     spec = PermutationSpec(axes)
     if check:

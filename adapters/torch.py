@@ -27,6 +27,7 @@ import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._validate import widest
 
+from ._torch_attention import opaque_attention
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
 from ._torch_repair import repair
 from ._torch_trace import derive_spec, trace_export, trace_fx
@@ -139,7 +140,10 @@ def spec_from_module(
 def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
     with _EvalMode(module):
         try:
-            return trace_fx(module, inputs)
+            traced = trace_fx(module, inputs)
+            if not opaque_attention(traced[0]):
+                return traced
+            return trace_export(module, inputs), None  # attention modules are fx leaves; export opens them
         except Exception as fx_error:  # fx raises many types (TraceError, TypeError, ...)
             try:
                 return trace_export(module, inputs), None

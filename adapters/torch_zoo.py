@@ -168,8 +168,9 @@ def resnet18(*, width: int = 1, base: int = 64, batch_norm: bool = True, in_chan
 class TinyTransformer(nn.Module):
     """One pre-norm transformer block on a sequence of feature vectors, then mean-pool and classify.
 
-    Shows what the spec derivation handles (the residual stream, LayerNorm, the MLP's hidden
-    units, the learned positional embedding) and what it fixes (units split into attention heads).
+    Shows what the spec derivation handles: the residual stream, LayerNorm, the MLP's hidden
+    units, the learned positional embedding, and the fused query/key/value projection split
+    into attention heads (one heads order and one within-head order for the three).
     """
 
     def __init__(self, *, in_features: int, d_model: int, n_heads: int, seq_len: int, num_classes: int,

@@ -7,11 +7,11 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 
 from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
 from ._api import METHODS, fuse, match, merge
-from ._builders import conv, dense, make_spec, mlp_spec, norm
+from ._builders import attention, conv, dense, make_spec, mlp_spec, norm
 from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, ScaleError
 from ._permute import permute
 from ._result import MatchResult
-from ._spec import Blocks, Concat, PermutationSpec
+from ._spec import Blocks, Concat, PermutationSpec, Split
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,8 @@ __all__ = [
     "FusionTypeError",
     "PermutationSpec",
     "ScaleError",
+    "Split",
+    "attention",
     "conv",
     "dense",
     "fuse",

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._errors import FusionError, OptionError
 from ._guard import check_scale
+from ._heads import collapse, expand_models, expand_spec
 from ._permute import permute
 from ._progress import resolve_progress
 from ._result import MatchResult
@@ -103,6 +104,9 @@ def match(
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
     """
     solver = _solver(method, options)
+    if isinstance(spec, PermutationSpec) and spec.has_split:  # every method sees Split axes as plain sub-axes
+        return match(expand_models(models, spec), expand_spec(spec), method=method, weights=weights, seed=seed,
+                     progress=progress, max_memory=max_memory, **options)
     checked = check_models(models, spec, weights)
     first = next(iter(models[0].values()), None)
     itemsize = getattr(getattr(first, "dtype", None), "itemsize", 4) or 4
@@ -141,6 +145,8 @@ def merge(
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
+    if isinstance(spec, PermutationSpec) and spec.has_split:
+        return collapse(merge(expand_models(models, spec), expand_spec(spec), result, weights=weights), spec)
     w = check_weights(weights, len(models))
     out: dict[str, Array] = {}
     total: dict[str, Array] = {}

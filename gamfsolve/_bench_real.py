@@ -120,7 +120,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp")
-METHODS = (("weight_matching", {}), ("gamf", {}))
+METHODS: tuple[tuple[str, dict[str, Any]], ...] = (("weight_matching", {}), ("gamf", {}))
 HEADER = (f"{'model':<16} {'kind':<8} {'method':<16} {'params':>7} {'time':>9} {'vs w.m.':>8} {'cpu':>9} "
           f"{'vs w.m.':>8} {'iters':>5} {'recovered':>9} {'peak MiB':>8} {'+MiB':>7} {'models MiB':>10}")
 

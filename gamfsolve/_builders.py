@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from ._errors import FusionError
-from ._spec import AxisEntry, PermutationSpec
+from ._spec import AxisEntry, PermutationSpec, Split
 
-__all__ = ["conv", "dense", "make_spec", "mlp_spec", "norm"]
+__all__ = ["attention", "conv", "dense", "make_spec", "mlp_spec", "norm"]
 
 Layout = Literal["out_in", "in_out"]
 Entries = dict[str, tuple[AxisEntry, ...]]
@@ -68,6 +68,80 @@ def conv(
 def norm(name: str, group: str, *, keys: Sequence[str] = ("weight", "bias", "running_mean", "running_var")) -> Entries:
     """A normalisation layer whose per-channel vectors all follow ``group``."""
     return {f"{name}.{key}": (group,) for key in keys}
+
+
+def attention(
+    names: Sequence[str],
+    model: str | None,
+    heads: str,
+    n_heads: int,
+    *,
+    qk: str | None = None,
+    vo: str | None = None,
+    n_kv_heads: int | None = None,
+    bias: bool = True,
+    out_bias: bool | None = None,
+    layout: Layout = "out_in",
+) -> Entries:
+    """Multi-head attention with separate query, key, value and output projections.
+
+    Parameters
+    ----------
+    names : four str
+        The query, key, value and output projection layers.
+    model : str or None
+        The residual stream's group (the projections' input and the output's output axis).
+    heads : str
+        Group of the (key/value) heads: ``n_heads`` units, each a block of ``d`` dimensions.
+    n_heads : int
+        Query heads ``H``; the projections have ``H * d`` outputs.
+    qk, vo : str or None
+        Within-head groups (``d`` units, the same order in every head): ``qk`` shared by the
+        query and key dimensions (their dot product is unchanged), ``vo`` by the value
+        dimensions and the output projection's input; ``None`` keeps that order fixed (needed
+        for ``qk`` under rotary position embeddings, which rotate fixed pairs of dimensions).
+    n_kv_heads : int, optional
+        Grouped-query attention: ``n_kv_heads`` key/value heads, each shared by
+        ``H / n_kv_heads`` consecutive query heads; ``heads`` then permutes key/value heads and
+        their query heads move with them.
+    bias, out_bias : bool
+        Whether the q/k/v projections (and the output projection; default ``bias``) have biases.
+    layout : {"out_in", "in_out"}
+        Weight layout, as for :func:`dense`.
+
+    Returns
+    -------
+    dict
+        Spec entries for the four layers.
+    """
+    if len(names) != 4:
+        raise FusionError(f"attention needs four layer names (query, key, value, output), got {names!r}")
+    kv = n_heads if n_kv_heads is None else n_kv_heads
+    if kv < 1 or n_heads % kv:
+        raise FusionError(f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({kv})")
+    rep = n_heads // kv
+
+    def axis(inner: str | None, query: bool) -> Split:
+        if query and rep > 1:
+            return Split((heads, None, inner), (kv, rep, -1))
+        return Split((heads, inner), (kv, -1))
+
+    q, k, v, o = names
+    out_bias = bias if out_bias is None else out_bias
+    return {
+        **_split_dense(q, model, axis(qk, True), bias, layout),
+        **_split_dense(k, model, axis(qk, False), bias, layout),
+        **_split_dense(v, model, axis(vo, False), bias, layout),
+        **dense(o, axis(vo, True), model, bias=out_bias, layout=layout),
+    }
+
+
+def _split_dense(name: str, in_group: str | None, out: Split, bias: bool, layout: Layout) -> Entries:
+    _check_layout(layout)
+    entries: Entries = {f"{name}.weight": (out, in_group) if layout == "out_in" else (in_group, out)}
+    if bias:
+        entries[f"{name}.bias"] = (out,)
+    return entries
 
 
 def make_spec(*parts: Mapping[str, tuple[AxisEntry, ...]]) -> PermutationSpec:

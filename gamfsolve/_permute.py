@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import FusionError
+from ._heads import collapse, expand, expand_spec
 from ._spec import AxisEntry, PermutationSpec, Segment, segments_of
 from ._xp import device, namespace
 
@@ -133,6 +134,8 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     widths). Groups missing from ``perms`` are left as they are. Returns a new dict; the input
     is not modified.
     """
+    if isinstance(spec, PermutationSpec) and spec.has_split:  # Split axes permuted as plain sub-axes
+        return collapse(permute(expand(params, spec), expand_spec(spec), perms), spec)
     unknown = [g for g in perms if g not in spec.groups]
     if unknown:
         raise FusionError(f"perms names groups the spec does not have: {unknown}; spec groups: {list(spec.groups)}")

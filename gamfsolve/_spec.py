@@ -14,10 +14,19 @@ Two structured axes cover flattening and concatenation:
   ``H*W*C`` order. In general the axis is viewed as ``(outer, n, inner)``.
 * ``Concat(part, part, ...)``: an axis made of consecutive runs, each a group name, a
   ``Blocks`` or an ``int`` (a run of that many fixed entries).
+
+One composed axis covers attention:
+
+* ``Split(groups, shape)``: an axis viewed (row-major) as the sub-axes ``shape``, each
+  permuted by its own group or fixed (``None``); one size may be ``-1`` (inferred from the
+  axis length, so models of different head widths share a spec). A query projection's output
+  axis of ``H`` heads of ``d`` dimensions is ``Split(("heads", "qk"), (H, -1))``: the heads
+  move as blocks of ``d`` and, independently, the ``d`` dimensions inside every head.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,7 +34,7 @@ from typing import NamedTuple, Union
 
 from ._errors import FusionError, FusionTypeError
 
-__all__ = ["AxisEntry", "Blocks", "Concat", "PermutationSpec", "Segment"]
+__all__ = ["AxisEntry", "Blocks", "Concat", "PermutationSpec", "Segment", "Split", "groups_of"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,40 @@ class Concat:
         object.__setattr__(self, "parts", tuple(parts))
 
 
-AxisEntry = Union[str, Blocks, Concat, None]  # noqa: UP007  (a runtime alias on Python 3.10)
+@dataclass(frozen=True, init=False)
+class Split:
+    """An axis viewed as the sub-axes ``shape`` (row-major), sub-axis ``i`` permuted by ``groups[i]``."""
+
+    groups: tuple[str | None, ...]
+    shape: tuple[int, ...]
+
+    def __init__(self, groups: tuple[str | None, ...], shape: tuple[int, ...]) -> None:
+        groups, shape = tuple(groups), tuple(shape)
+        if len(groups) < 2 or len(groups) != len(shape):
+            raise FusionError(f"Split needs at least two sub-axes and one group per size, got {groups!r}, {shape!r}")
+        for g in groups:
+            if g is not None and (not isinstance(g, str) or not g):
+                raise FusionTypeError(f"Split groups must be non-empty str or None, got {g!r}")
+        named = [g for g in groups if g is not None]
+        if not named or len(set(named)) != len(named):
+            raise FusionError(f"Split needs at least one group and no group twice, got {groups!r}")
+        for n in shape:
+            if isinstance(n, bool) or not isinstance(n, int) or (n < 1 and n != -1):
+                raise FusionError(f"Split sizes must be positive ints (one may be -1), got {shape!r}")
+        if shape.count(-1) > 1:
+            raise FusionError(f"at most one Split size may be -1, got {shape!r}")
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "shape", shape)
+
+    def resolve(self, length: int) -> tuple[int, ...]:
+        """The sub-axis sizes for an axis of ``length`` entries (the ``-1`` filled in)."""
+        known = math.prod(n for n in self.shape if n != -1)
+        if length % known or (-1 not in self.shape and known != length):
+            raise FusionError(f"an axis of length {length} cannot be split as {self.shape}")
+        return tuple(length // known if n == -1 else n for n in self.shape)
+
+
+AxisEntry = Union[str, Blocks, Concat, Split, None]  # noqa: UP007  (a runtime alias on Python 3.10)
 
 
 class Segment(NamedTuple):
@@ -77,7 +119,9 @@ class Segment(NamedTuple):
 
 
 def segments_of(entry: AxisEntry) -> tuple[Segment, ...]:
-    """Split an axis entry into its runs (a plain axis is one run)."""
+    """Split an axis entry into its runs (a plain axis is one run); not for :class:`Split`."""
+    if isinstance(entry, Split):
+        raise FusionError(f"{entry!r} has no runs; a Split axis is expanded into its sub-axes first")
     if entry is None:
         return (Segment(None, 0, 1),)  # length filled in from the shape
     if isinstance(entry, str):
@@ -93,13 +137,20 @@ def segments_of(entry: AxisEntry) -> tuple[Segment, ...]:
     return tuple(out)
 
 
+def groups_of(entry: AxisEntry) -> tuple[str, ...]:
+    """The groups acting on an axis, in order."""
+    if isinstance(entry, Split):
+        return tuple(g for g in entry.groups if g is not None)
+    return tuple(s.group for s in segments_of(entry) if s.group is not None)
+
+
 def _check_entry(name: str, axis: int, entry: object) -> AxisEntry:
-    if entry is None or isinstance(entry, (Blocks, Concat)):
+    if entry is None or isinstance(entry, (Blocks, Concat, Split)):
         return entry
     if isinstance(entry, str) and entry:
         return entry
     raise FusionTypeError(
-        f"spec entry for {name!r} axis {axis} must be a group name (str), Blocks, Concat or "
+        f"spec entry for {name!r} axis {axis} must be a group name (str), Blocks, Concat, Split or "
         f"None, got {entry!r}"
     )
 
@@ -111,7 +162,8 @@ class PermutationSpec:
     ----------
     axes : mapping of str to tuple
         ``axes[name][a]`` is the group acting on axis ``a`` of parameter ``name``:
-        a group name, :class:`Blocks`, :class:`Concat`, or ``None`` for a fixed axis.
+        a group name, :class:`Blocks`, :class:`Concat`, :class:`Split` (attention heads and
+        their dimensions), or ``None`` for a fixed axis.
         A residual stream is one group named on every layer that reads or writes it.
 
     Examples
@@ -138,9 +190,8 @@ class PermutationSpec:
                 raise FusionTypeError(f"spec entry for {name!r} must be a tuple of axis groups, got {entries!r}")
             checked[name] = tuple(_check_entry(name, a, e) for a, e in enumerate(entries))
             for a, entry in enumerate(checked[name]):
-                for seg in segments_of(entry):
-                    if seg.group is not None:
-                        users.setdefault(seg.group, []).append((name, a))
+                for group in groups_of(entry):
+                    users.setdefault(group, []).append((name, a))
         for group, where in users.items():
             if len({n for n, _ in where}) < 2:
                 n, a = where[0]
@@ -156,6 +207,11 @@ class PermutationSpec:
     def axes(self) -> Mapping[str, tuple[AxisEntry, ...]]:
         """Read-only mapping of parameter name to its per-axis entries."""
         return self._axes
+
+    @property
+    def has_split(self) -> bool:
+        """Whether some axis is a :class:`Split` (attention heads)."""
+        return any(isinstance(e, Split) for entries in self._axes.values() for e in entries)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -174,9 +230,9 @@ class PermutationSpec:
         out: dict[str, None] = {}
         for name, _ in self.users(group):
             for entry in self._axes[name]:
-                for seg in segments_of(entry):
-                    if seg.group is not None and seg.group != group:
-                        out[seg.group] = None
+                for other in groups_of(entry):
+                    if other != group:
+                        out[other] = None
         return tuple(out)
 
     def __iter__(self) -> Iterator[str]:
@@ -220,6 +276,15 @@ class PermutationSpec:
                     f"spec for {name!r} has {len(entries)} axes but the parameter has shape {shape}"
                 )
             for a, entry in enumerate(entries):
+                if isinstance(entry, Split):
+                    try:
+                        sub = entry.resolve(shape[a])
+                    except FusionError as exc:
+                        raise FusionError(f"{name!r} axis {a}: {exc}") from None
+                    for g, n in zip(entry.groups, sub, strict=True):
+                        if g is not None:
+                            _record(sizes, g, n, name, a)
+                    continue
                 segs = segments_of(entry)
                 if len(segs) == 1 and (group := segs[0].group) is not None:
                     seg = segs[0]

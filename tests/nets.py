@@ -131,3 +131,39 @@ def pruned_copy(params: Params, spec: g.PermutationSpec, keep: dict[str, np.ndar
                 index.append(slice(0, len(keep[e])) if isinstance(e, str) else slice(None))
         out[name] = x[tuple(index)].copy()
     return g.permute(out, spec, {grp: rng.permutation(len(k)) for grp, k in keep.items()})
+
+
+def attention(d_in: int, width: int, n_heads: int, d_head: int, rng: np.random.Generator, *, n_kv: int | None = None,
+              d_out: int = 3) -> Net:
+    """Embedding, one multi-head attention block with a residual (grouped-query when ``n_kv`` is set), readout.
+
+    The query/key and value/output head dimensions are ``d_head`` and ``d_head + 1``.
+    """
+    kv = n_kv or n_heads
+    dq, dv = d_head, d_head + 1
+    shapes = {"inp": (width, d_in), "q": (n_heads * dq, width), "k": (kv * dq, width), "v": (kv * dv, width),
+              "o": (width, n_heads * dv), "out": (d_out, width)}
+    params: Params = {}
+    for name, (o, i) in shapes.items():
+        params[f"{name}.weight"] = rng.normal(size=(o, i)) / np.sqrt(i)
+        params[f"{name}.bias"] = 0.1 * rng.normal(size=o)
+    spec = g.make_spec(g.dense("inp", None, "res"), g.dense("out", "res", None),
+                       g.attention(["q", "k", "v", "o"], "res", "heads", n_heads, qk="qk", vo="vo", n_kv_heads=n_kv))
+
+    def forward(p: Params, x: np.ndarray) -> np.ndarray:
+        def lin(name: str, y: np.ndarray) -> np.ndarray:
+            return y @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+        h = lin("inp", x)  # (B, T, width)
+        b, t, _ = h.shape
+        heads = p["q.weight"].shape[0] // (p["q.weight"].shape[0] // n_heads)
+        q = lin("q", h).reshape(b, t, heads, -1)
+        k = np.repeat(lin("k", h).reshape(b, t, kv, -1), heads // kv, axis=2)
+        v = np.repeat(lin("v", h).reshape(b, t, kv, -1), heads // kv, axis=2)
+        s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        ctx = np.einsum("bhts,bshd->bthd", a, v).reshape(b, t, -1)
+        return lin("out", _relu(h + lin("o", ctx)))
+
+    return params, spec, forward

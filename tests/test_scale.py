@@ -34,7 +34,7 @@ def test_a_20000_unit_layer_is_refused_at_once(method: str) -> None:
 
 def test_max_memory_lifts_or_tightens_the_limit() -> None:
     models, spec = _wide_pair(64)
-    with pytest.raises(g.ScaleError, match="max_memory=1.0 KiB"):
+    with pytest.raises(g.ScaleError, match=r"max_memory=1\.0 KiB"):
         g.match(models, spec, method="weight_matching", max_memory="1KiB")
     assert g.match(models, spec, method="weight_matching", max_memory="1GB").n_iter >= 1
 
@@ -81,10 +81,10 @@ def test_first_compile_is_announced(caplog, monkeypatch) -> None:
     from gamfsolve._kernels import _numba
 
     class Fresh:
-        signatures: list = []
+        signatures = ()
 
-        class _cache:  # noqa: N801  (Numba's attribute names)
-            class _cache_file:  # noqa: N801
+        class _cache:  # Numba's attribute names
+            class _cache_file:
                 _index_path = "/nonexistent/gamfsolve-index.nbi"
 
     monkeypatch.setattr(_numba, "_ANNOUNCED", set())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -30,7 +32,7 @@ def test_series_converges_to_the_exact_kernel(dim: int) -> None:
         assert phi_x.shape == (20, 15 * series_rank(dim, degree))
         errors.append(float(np.abs(phi_x @ phi_y.T - exact).max()))
     assert errors[0] < 0.02 * 15  # degree 1 already within 2% of an edge's affinity
-    assert all(b < a / 5 for a, b in zip(errors, errors[1:], strict=False))  # each degree far better
+    assert all(b < a / 5 for a, b in itertools.pairwise(errors))  # each degree far better
 
 
 @settings(max_examples=25, deadline=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -101,7 +103,8 @@ class DataBranch(nn.Module):
 def test_concat_and_slice() -> None:
     model = ConcatNet().eval()
     x = torch.randn(2, 3, 8, 8)
-    spec = gt.spec_from_module(model, x)
+    with pytest.warns(UserWarning, match=r"100% of the layers' units .* selects part of the axis"):
+        spec = gt.spec_from_module(model, x)
     # the slice keeps only part of the concatenated axis: everything before it stays fixed
     assert spec.groups == ()
     assert spec.axes["fc.weight"] == (None, None)
@@ -125,8 +128,11 @@ def test_channels_last_flatten() -> None:
 
 @pytest.mark.parametrize(("groups", "permuted"), [(1, True), (8, True), (2, False)])
 def test_group_norm(groups: int, permuted: bool) -> None:
-    spec = gt.spec_from_module(NormNet(groups).eval(), torch.randn(2, 3, 8, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = gt.spec_from_module(NormNet(groups).eval(), torch.randn(2, 3, 8, 8))
     assert (spec.axes["gn.weight"][0] is not None) is permuted
+    assert any("groups of channels" in str(w.message) for w in caught) is not permuted
     # the depthwise conv follows its input's group
     assert spec.axes["dw.weight"][0] == spec.axes["conv.weight"][0]
 
@@ -144,7 +150,8 @@ def test_tied_weights_share_their_group() -> None:
 def test_unknown_function_fixes_its_groups() -> None:
     model = Unknown().eval()
     x = torch.randn(3, 4)
-    spec = gt.spec_from_module(model, x)
+    with pytest.warns(UserWarning, match="cumsum"):
+        spec = gt.spec_from_module(model, x)
     assert spec.axes["fc2.weight"] == (None, "fc1")
     assert spec.axes["fc3.weight"] == (None, None)
     with pytest.raises(FusionError, match="cumsum"):

@@ -80,15 +80,16 @@ def test_flatten_gives_blocks() -> None:
     assert spec.axes["fc1.weight"][1] == gamfsolve.Blocks("conv2", inner=25)
 
 
-def test_transformer_fixes_attention_but_permutes_stream_and_mlp() -> None:
+def test_transformer_permutes_heads_stream_and_mlp() -> None:
     model, x = make("transformer")
-    spec = gt.spec_from_module(model, x)
+    spec = gt.spec_from_module(model, x, strict=True)
     stream = spec.axes["embed.weight"][0]
     assert stream is not None
     assert spec.axes["pos"] == (None, stream)
-    assert spec.axes["proj.weight"] == (stream, None)  # heads stay fixed
-    assert spec.axes["qkv.weight"] == (None, stream)
+    heads = spec.axes["proj.weight"][1]
+    assert isinstance(heads, gamfsolve.Split) and None not in heads.groups  # heads and their dimensions
+    assert spec.axes["proj.weight"][0] == stream
+    # the fused projection (q, k, v) x heads x dimensions: one heads and one dimension order
+    assert spec.axes["qkv.weight"] == (gamfsolve.Split((None, *heads.groups), (3, 4, -1)), stream)
     assert spec.axes["fc1.weight"][0] is not None
     assert spec.axes["head.weight"] == (None, stream)
-    with pytest.raises(gamfsolve.FusionError, match="reshape"):
-        gt.spec_from_module(model, x, strict=True)
