@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import logging
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -14,6 +16,8 @@ from torch import nn
 
 from gamfsolve import FusionError, FusionTypeError
 from gamfsolve._factory import import_factory
+
+from ._pt2_check import check_pt2_bytes
 
 __all__ = ["aliases", "deepcopy", "from_arrays", "load_state", "save_state", "to_arrays"]
 
@@ -134,15 +138,36 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
 
 
 def load_program(path: str | Path) -> torch.export.ExportedProgram:
-    """A ``.pt2`` file written by :func:`torch.export.save` (it carries its graph)."""
+    """A ``.pt2`` file written by :func:`torch.export.save` (it carries its graph).
+
+    The archive is read once into memory and checked before torch sees it: a file whose loading
+    would unpickle anything beyond plain tensors, run code strings or load compiled code is refused
+    with :class:`~gamfsolve.UnsafeFileError` (see ``_pt2_check``).
+    """
+    path = Path(path)
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FusionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    check_pt2_bytes(data, str(path))
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    try:
+        logger.setLevel(logging.CRITICAL)  # torch logs a traceback before raising on a bad archive
         with warnings.catch_warnings():
             # torch 2.11 warns while reading the archive's weights into tensors: harmless, and
             # under a warnings-as-errors filter it would abort the load.
             warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-            return torch.export.load(str(path))
+            return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # torch raises several types for a bad archive
-        raise FusionError(f"cannot load the exported program {path}: {exc}") from exc
+        raise FusionError(f"cannot load the exported program {path}: {_first_line(exc)}") from exc
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def save_state(module: nn.Module, path: str | Path) -> None:

@@ -305,7 +305,12 @@ def _keras_path(path: str | os.PathLike[str]) -> str:
 def load_model(path: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None) -> Any:
     """Load a ``.keras`` file with ``safe_mode=True`` (no arbitrary code from lambdas)."""
     _require_torch_backend()
-    return keras.saving.load_model(_keras_path(path), custom_objects=custom_objects, safe_mode=True)
+    file = _keras_path(path)
+    try:
+        return keras.saving.load_model(file, custom_objects=custom_objects, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, TypeError, zipfile and h5py errors, ...
+        text = str(exc).strip().splitlines()
+        raise FusionError(f"cannot read {file} as a Keras model (safe mode): {text[0] if text else type(exc).__name__}") from exc
 
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> None:

@@ -8,7 +8,7 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
 from ._api import METHODS, fuse, match, merge
 from ._builders import conv, dense, make_spec, mlp_spec, norm
-from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError
+from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, UnsafeFileError
 from ._permute import permute
 from ._result import MatchResult
 from ._spec import Blocks, Concat, PermutationSpec
@@ -54,6 +54,7 @@ __all__ = [
     "FusionError",
     "FusionTypeError",
     "PermutationSpec",
+    "UnsafeFileError",
     "conv",
     "dense",
     "fuse",

@@ -81,14 +81,18 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     _need("keras", "keras")
     gk = importlib.import_module("gamfsolve.adapters.keras")
+    try:
+        gk._require_torch_backend()
+    except FusionError as exc:  # Keras on another backend than torch
+        raise CliError(str(exc)) from exc
     models = []
     for path in paths:
         if not zipfile.is_zipfile(path):
             raise CliError(f"cannot read {path}: not a .keras archive (a zip file)", EXIT_BAD_FILE)
         try:
             models.append(gk.load_model(path))
-        except FusionError as exc:  # e.g. Keras on another backend than torch
-            raise CliError(str(exc)) from exc
+        except FusionError as exc:
+            raise CliError(str(exc), EXIT_BAD_FILE) from exc
         except Exception as exc:  # keras raises ValueError, TypeError, zipfile errors, ...
             raise CliError(f"cannot read {path} as a Keras model (safe mode): {exc}", EXIT_BAD_FILE) from exc
     template = models[0]
