@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
 from ._errors import FusionError, OptionError
+from ._numeric import compute_dtype, output_dtype, power_of_two_scale, scale_widths, scaled, to_dtype
+from ._options import check_option_values, check_seed
 from ._permute import permute
 from ._result import MatchResult
 from ._spec import PermutationSpec
@@ -47,9 +50,12 @@ def _solver(method: str, options: Mapping[str, Any]) -> Solver:
     return func
 
 
-def check_options(method: str, options: Mapping[str, Any]) -> None:
-    """Raise :class:`FusionError` for an unknown method, :class:`OptionError` for an unknown option name."""
+def check_options(method: str, options: Mapping[str, Any], seed: Any = None) -> None:
+    """Raise :class:`FusionError` for an unknown method or a bad seed, :class:`OptionError` for an
+    unknown option name or a value of the wrong type or range (see ``_options.RULES``)."""
     _solver(method, options)
+    check_option_values(method, options)
+    check_seed(seed)
 
 
 def match(
@@ -92,9 +98,16 @@ def match(
     that size, so its index vectors are permutations of ``range(U)`` whose entries ``>= n_k``
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
     """
+    check_options(method, options, seed)
     solver = _solver(method, options)
     checked = check_models(models, spec, weights)
     start = perf_counter()
+    models = to_dtype(models, checked.xp, compute_dtype(models, checked.xp))  # bfloat16 -> float32, mixed -> widest
+    exponent = power_of_two_scale(models, checked.xp)
+    if exponent:  # far from 1 (1e19, 1e-25): exact power-of-two rescale, results unchanged
+        models = scaled(models, exponent)
+        if options.get("sigma") is not None:
+            options = dict(options, sigma=scale_widths(options["sigma"], exponent))
     if not checked.same_widths:  # narrower models get zero units up to the universe's size
         xp = checked.xp
         grow = {g: xp.arange(n, device=checked.device) for g, n in checked.sizes.items()}
@@ -102,6 +115,9 @@ def match(
         models = [permute(model, spec, grow) for model in models]
         checked = replace(checked, presence=presence)
     result = solver(models, spec, checked, seed=seed, **options)
+    if exponent and isinstance(result.info.get("sigmas"), Mapping):  # report widths in the inputs' units
+        info = dict(result.info, sigmas={k: math.ldexp(v, -2 * exponent) for k, v in result.info["sigmas"].items()})
+        result = replace(result, info=info)
     return replace(result, time=perf_counter() - start)
 
 
@@ -120,9 +136,11 @@ def merge(
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
     w = check_weights(weights, len(models))
+    xp = check_models(models, spec).xp
+    work, final = compute_dtype(models, xp), output_dtype(models, xp)
     out: dict[str, Array] = {}
     total: dict[str, Array] = {}
-    for k, model in enumerate(models):
+    for k, model in enumerate(to_dtype(models, xp, work)):  # half precision is averaged in float32
         perms = result.model_perms(k)
         aligned = permute(model, spec, perms)
         own = spec.group_sizes({n: tuple(x.shape) for n, x in model.items()})
@@ -135,10 +153,9 @@ def merge(
             total[name] = weight if k == 0 else total[name] + weight
     for name, t in total.items():
         if not isinstance(t, float):  # some entries are missing in some models
-            xp = namespace(t)
             has = t > 0
             out[name] = xp.where(has, out[name] / xp.where(has, t, xp.ones_like(t)), xp.zeros_like(t))
-    return out
+    return {n: x if x.dtype == final else xp.astype(x, final) for n, x in out.items()}
 
 
 def _presence(model: Model, spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:
