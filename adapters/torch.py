@@ -29,6 +29,7 @@ from gamfsolve._validate import widest
 
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
 from ._torch_repair import repair
+from ._torch_same import check_same_function, module_ops
 from ._torch_trace import derive_spec, trace_export, trace_fx
 
 __all__ = [
@@ -219,6 +220,7 @@ def _check_same(modules: Sequence[nn.Module]) -> None:
         if list(a) != list(b):
             diff = sorted(set(a) ^ set(b))
             raise FusionError(f"modules[{k}] has different parameters from modules[0]: {diff[:5]}")
+    check_same_function([module_ops(m) for m in modules], [f"modules[{k}]" for k in range(len(modules))])
 
 
 def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: PermutationSpec | None,

@@ -187,6 +187,11 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
             raise CliError(str(exc), EXIT_BAD_FILE) from exc
     arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(p.module()).items()} for p in programs]
     _check_names(arrays, paths)
+    same = importlib.import_module("gamfsolve.adapters._torch_same")
+    try:
+        same.check_same_function([same.program_ops(p) for p in programs], [str(p) for p in paths])
+    except FusionError as exc:
+        raise CliError(str(exc), EXIT_MISMATCH) from exc
     try:
         spec = gt.spec_from_module(programs[0])
     except FusionError as exc:
