@@ -84,7 +84,14 @@ def deepcopy(module: nn.Module) -> nn.Module:
     """``copy.deepcopy``, silencing a deprecation torch itself triggers when copying exported modules."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        return copy.deepcopy(module)
+        try:
+            return copy.deepcopy(module)
+        except RuntimeError as exc:  # e.g. a computed weight of the legacy nn.utils.weight_norm
+            hint = ""
+            if "weight_norm" in str(exc):
+                hint = ("; it uses the legacy torch.nn.utils.weight_norm: apply "
+                        "torch.nn.utils.parametrizations.weight_norm instead, or torch.nn.utils.remove_weight_norm")
+            raise FusionError(f"cannot copy {type(module).__name__}: {_first_line(exc)}{hint}") from exc
 
 
 def _factory(spec: str) -> nn.Module:

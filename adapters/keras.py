@@ -29,11 +29,13 @@ import numpy as np
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
-from gamfsolve._validate import widest
+from gamfsolve._api import check_options
+from gamfsolve._validate import check_weights, widest
 
 from ._keras_graph import GraphInfo, walk
 
 __all__ = [
+    "check_same_function",
     "check_spec",
     "from_arrays",
     "fuse_models",
@@ -265,9 +267,17 @@ def fuse_models(
     different widths fuse into the widest: the result is shaped like the input that is widest
     in every group, or like ``template``.
     """
+    if isinstance(models, (keras.Model, str, bytes)) or not isinstance(models, Sequence):
+        raise FusionTypeError(f"models must be a list of keras.Model, got {type(models).__name__}")
     models = list(models)
     if len(models) < 2:
         raise FusionError(f"fuse_models needs at least two models, got {len(models)}")
+    check_options(method, options, seed)  # before any work
+    if weights is not None:
+        check_weights(weights, len(models))
+    for k, m in enumerate(models):
+        _check_model(m, f"models[{k}]")
+    check_same_function(models)
     spec = spec_from_model(models[0])
     arrays = [_aligned(models[0], m, k) for k, m in enumerate(models)]
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
@@ -278,6 +288,38 @@ def fuse_models(
             raise FusionError(f"template has {len(names)} weights, the models have {len(fused)}")
         fused = dict(zip(names, fused.values(), strict=True))
     return from_arrays(target, fused)
+
+
+#: layer settings that change the function a layer computes (widths such as ``units`` may differ)
+_FUNCTION_KEYS = (
+    "activation", "kernel_size", "strides", "padding", "dilation_rate", "pool_size", "data_format", "axis",
+    "epsilon", "negative_slope", "alpha", "groups", "use_bias", "center", "scale", "max_value", "threshold",
+    "target_shape", "dims", "size", "interpolation", "cropping", "function",
+)
+
+
+def _layer_function(layer: Any) -> tuple[str, dict[str, str]]:
+    try:
+        config = layer.get_config()
+    except Exception:  # a layer without a config is compared by class alone
+        config = {}
+    return type(layer).__name__, {k: repr(config[k]) for k in _FUNCTION_KEYS if k in config}
+
+
+def check_same_function(models: Sequence[Any]) -> None:
+    """Raise :class:`~gamfsolve.FusionError` unless the models' layers are of the same classes with the
+    same function-defining settings (activations, kernel sizes, strides, ...), in the same order."""
+    first = [_layer_function(layer) for layer in models[0].layers]
+    for k, model in enumerate(models[1:], start=1):
+        other = [_layer_function(layer) for layer in model.layers]
+        if len(other) != len(first):
+            raise FusionError(f"models[{k}] has {len(other)} layers, models[0] has {len(first)}: not one architecture")
+        for i, (a, b) in enumerate(zip(first, other, strict=True)):
+            if a != b:
+                raise FusionError(
+                    f"models[{k}] layer {i} ({model.layers[i].name!r}) is {b[0]} {b[1]} but models[0]'s is {a[0]} "
+                    f"{a[1]}: the models compute different functions; only models of one architecture fuse"
+                )
 
 
 def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], spec: PermutationSpec,

@@ -97,6 +97,7 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
             raise CliError(f"cannot read {path} as a Keras model (safe mode): {exc}", EXIT_BAD_FILE) from exc
     template = models[0]
     try:
+        gk.check_same_function(models)
         spec = gk.spec_from_model(template)
         names = list(gk.to_arrays(template))
         arrays = [_by_position(names, gk.to_arrays(m), paths[0], p) for m, p in zip(models, paths, strict=True)]

@@ -93,6 +93,8 @@ def check_models(
     arrays = [model[n] for model in models for n in names]
     xp = namespace(*arrays)
     dev = device(arrays[0])
+    if str(dev) == "meta":
+        raise FusionError("the models' arrays are on the meta device (shapes without values); load their weights first")
     for k, model in enumerate(models):
         for n in names:
             x = model[n]
