@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gamfsolve import FusionError, FusionTypeError
+from gamfsolve import FusionError, FusionTypeError, UnsafeFileError
 from gamfsolve._factory import import_factory
 
 from ._pt2_check import check_pt2_bytes
@@ -121,17 +121,19 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
         model = _factory(factory)
         try:
             load_model(model, str(path), strict=True, device=str(map_location))
-        except (RuntimeError, OSError) as exc:
-            raise FusionError(f"{path.name} does not fit the model from {factory!r}: {exc}") from exc
+        except Exception as exc:  # safetensors raises its own error type for a damaged header
+            raise FusionError(f"cannot load {path.name} into the model from {factory!r}: {_first_line(exc)}") from exc
         return model
     if suffix in (".pt", ".pth", ".bin"):
         try:
             state: Mapping[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise FusionError(
+            raise UnsafeFileError(
                 f"{path.name} is not a plain state dict (it needs arbitrary unpickling, which is refused "
                 "for safety); save model.state_dict() instead"
             ) from exc
+        except Exception as exc:  # a damaged or truncated file: torch raises several types
+            raise FusionError(f"cannot read {path.name} as a tensor file: {_first_line(exc)}") from exc
     else:
         raise FusionError(f"unknown file type {suffix!r}; expected .pt, .pth, .safetensors or .pt2")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
