@@ -50,6 +50,8 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> tuple[float
     """Normalise model weights to sum to one; ``None`` means equal weights."""
     if weights is None:
         return (1.0 / n_models,) * n_models
+    if isinstance(weights, (str, bytes, Mapping)):
+        raise FusionTypeError(f"weights must be a sequence of numbers, got {weights!r}")
     try:
         values = [float(w) for w in weights]
     except (TypeError, ValueError) as exc:
