@@ -63,21 +63,38 @@ def from_arrays(module: nn.Module, arrays: Mapping[str, Any]) -> nn.Module:
     ``module``. The input module is not modified.
     """
     _check_module(module)
+    if not isinstance(arrays, Mapping):
+        raise FusionTypeError(f"arrays must be a mapping of parameter name to array, got {type(arrays).__name__}")
     expected = to_arrays(module)
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
         raise FusionError(f"arrays do not fit {type(module).__name__}: missing {missing}, unexpected {extra}")
-    for name, ref in expected.items():
-        shape = tuple(getattr(arrays[name], "shape", ()))
-        if shape != tuple(ref.shape):
-            raise FusionError(f"array {name!r} has shape {shape}, the module expects {tuple(ref.shape)}")
+    values = {name: _real_tensor(name, arrays[name], tuple(ref.shape)) for name, ref in expected.items()}
     new = deepcopy(module)
     state = new.state_dict(keep_vars=True)
     with torch.no_grad():
-        for name, value in arrays.items():
-            state[name].copy_(torch.as_tensor(value))
+        for name, value in values.items():
+            state[name].copy_(value)
     return new
+
+
+def _real_tensor(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """``value`` as a tensor of ``shape`` holding finite real numbers, or a FusionError naming ``name``."""
+    got = tuple(getattr(value, "shape", ()))
+    if got != shape:
+        raise FusionError(f"array {name!r} has shape {got}, the module expects {shape}")
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FusionTypeError(f"array {name!r} is not numeric: {_first_line(exc)}") from exc
+    if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.int16,
+                                                                                   torch.int32, torch.int64,
+                                                                                   torch.uint8, torch.bool)):
+        raise FusionTypeError(f"array {name!r} has dtype {tensor.dtype}; expected real numbers")
+    if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+        raise FusionError(f"array {name!r} contains NaN or Inf")
+    return tensor
 
 
 def deepcopy(module: nn.Module) -> nn.Module:
@@ -107,7 +124,7 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
     tensor file. Both need ``factory`` ("package.module:callable" returning the empty model).
     ``.pt2``: a :func:`torch.export.save` program; its module is returned (no factory needed).
     """
-    path = Path(path)
+    path = _path(path)
     if not path.is_file():
         raise FusionError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -182,16 +199,25 @@ def _first_line(exc: BaseException) -> str:
 def save_state(module: nn.Module, path: str | Path) -> None:
     """Write the module's state dict to ``.pt``/``.pth`` (torch.save) or ``.safetensors``."""
     _check_module(module)
-    path = Path(path)
+    path = _path(path)
     state = module.state_dict()
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import save_model
-
-        save_model(module, str(path))
-    elif suffix in (".pt", ".pth", ".bin"):
-        torch.save(state, path)
-    else:
+    if suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise FusionError(
             f"unknown file type {suffix!r}; expected .pt, .pth or .safetensors (use torch.export.save for .pt2)"
         )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import save_model
+
+            save_model(module, str(path))
+        else:
+            torch.save(state, path)
+    except Exception as exc:  # a missing folder, no permission, a full disk, shared tensors safetensors refuses
+        raise FusionError(f"cannot write {path}: {_first_line(exc)}") from exc
+
+
+def _path(path: Any) -> Path:
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise FusionTypeError(f"path must be a str or pathlib.Path, got {path!r}")
+    return Path(path)

@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 
+def _check_module_type(module: Any) -> None:
+    if not isinstance(module, nn.Module):
+        raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
+
 def _inputs(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -121,6 +126,8 @@ def spec_from_module(
     PermutationSpec
         Covers every floating parameter and buffer of :func:`to_arrays`.
     """
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0 or atol == float("inf"):
+        raise FusionError(f"atol must be a finite number >= 0, got {atol!r}")
     if isinstance(module, torch.export.ExportedProgram):
         program = module
         if example_inputs is None and program.example_inputs is not None:
@@ -202,6 +209,9 @@ def check_spec(
     not exceed ``atol``; otherwise each group is tried alone and :class:`~gamfsolve.FusionError`
     names those that change the outputs (a wrong spec, or an op the derivation misread).
     """
+    if not isinstance(spec, PermutationSpec):
+        raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    _check_module_type(module)
     inputs = _inputs(example_inputs)
     _device_check(module, inputs)
     model = deepcopy(module).eval()

@@ -186,7 +186,7 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
                 programs.append(gt.load_program(path))
         except FusionError as exc:
             raise CliError(str(exc), EXIT_BAD_FILE) from exc
-    arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(p.module()).items()} for p in programs]
+    arrays = [_host(gt.to_arrays(p.module())) for p in programs]
     _check_names(arrays, paths)
     same = importlib.import_module("gamfsolve.adapters._torch_same")
     try:
@@ -212,6 +212,13 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
         torch.export.save(template, str(out))
 
     return Loaded("program", arrays, spec, write)
+
+
+def _host(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors as NumPy arrays; bfloat16 (which NumPy lacks) as float32, written back in bfloat16."""
+    import torch
+
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy() for k, v in tensors.items()}
 
 
 def _check_factory(factory: str | None, first: Path) -> None:
@@ -275,7 +282,7 @@ def _load_states(paths: Sequence[Path], factory: str | None, input_shape: Sequen
     except (FusionError, RuntimeError) as exc:
         what = f"cannot derive the permutation spec of {factory} on inputs of shape {tuple(input_shape)}"
         raise _fusion_error(exc, what) from exc
-    arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(m).items()} for m in modules]
+    arrays = [_host(gt.to_arrays(m)) for m in modules]
 
     def write(fused: Mapping[str, Any], out: Path) -> None:
         gt.save_state(gt.from_arrays(modules[0], fused), out)

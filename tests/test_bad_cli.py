@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
+from gamfsolve.adapters import torch as gt  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gamfsolve._cli_common import CliError, remove_stale_temps, write_atomic  # noqa: E402
-from gamfsolve.adapters import torch as gt  # noqa: E402
 from gamfsolve.cli import main  # noqa: E402
 
 
@@ -160,3 +160,19 @@ def test_signal_while_writing_leaves_nothing(tmp_path, signum):
         write_atomic(target, interrupted)
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_bfloat16_programs(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).to(torch.bfloat16)
+        x = torch.randn(5, 3, dtype=torch.bfloat16)
+        ep = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        paths.append(tmp_path / f"m{seed}.pt2")
+        torch.export.save(ep, str(paths[-1]))
+    out = tmp_path / "fused.pt2"
+    assert main(["fuse", *map(str, paths), "-o", str(out), "-q"]) == 0
+    program = gt.load_program(out)
+    assert program.state_dict["0.weight"].dtype == torch.bfloat16
+    assert program.module()(torch.randn(7, 3, dtype=torch.bfloat16)).shape == (7, 2)

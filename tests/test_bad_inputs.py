@@ -77,8 +77,7 @@ def test_numpy_seed_accepted(pair):
     assert g.match(models, spec, method="weight_matching", seed=np.int64(3)).n_models == 2
 
 
-def test_weight_matching_limit_not_converged(pair):
-    models, spec = pair
+def test_weight_matching_limit_not_converged():
     rng = np.random.default_rng(5)
     copy = g.permute(mlp([4, 40, 3], rng)[0], g.mlp_spec(2), {"h0": rng.permutation(40)})
     other = mlp([4, 40, 3], rng)[0]

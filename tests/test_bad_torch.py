@@ -8,11 +8,11 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch")
+from gamfsolve.adapters import torch as gt  # noqa: E402
 from torch import nn  # noqa: E402
 
 import gamfsolve as g  # noqa: E402
 from gamfsolve import FusionError, FusionTypeError, OptionError  # noqa: E402
-from gamfsolve.adapters import torch as gt  # noqa: E402
 
 
 def mlp(act: type[nn.Module] = nn.ReLU, seed: int = 0, width: int = 8) -> nn.Sequential:
@@ -127,7 +127,7 @@ def test_keras_bad_inputs():
         return keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation=act), keras.layers.Dense(2)])
 
     a, b = model("relu"), model("relu")
-    with pytest.raises(FusionTypeError, match="list of keras.Model"):
+    with pytest.raises(FusionTypeError, match=r"list of keras\.Model"):
         gk.fuse_models(a)
     with pytest.raises(FusionError, match="tanh"):
         gk.fuse_models([a, model("tanh")])
@@ -137,3 +137,33 @@ def test_keras_bad_inputs():
         gk.fuse_models([a, b], seed=-1)
     with pytest.raises(FusionError, match=r"\.keras"):
         gk.load_model("model.h5")
+
+
+@pytest.mark.parametrize(
+    "value", ["x", None, float("nan"), "complex", "strings"], ids=["text", "none", "nan", "complex", "strings"]
+)
+def test_from_arrays_refuses_non_numbers(value):
+    import numpy as np
+
+    m = mlp()
+    arrays = {k: v.clone() for k, v in gt.to_arrays(m).items()}
+    arrays["0.weight"] = {
+        "complex": np.zeros((8, 3), dtype=complex), "strings": np.full((8, 3), "a"),
+        float("nan"): np.full((8, 3), np.nan),
+    }.get(value, value)
+    with pytest.raises(FusionError, match=r"0\.weight"):
+        gt.from_arrays(m, arrays)
+
+
+def test_io_argument_kinds(tmp_path):
+    m = mlp()
+    with pytest.raises(FusionTypeError):
+        gt.from_arrays(m, None)
+    with pytest.raises(FusionTypeError):
+        gt.load_state(None)
+    with pytest.raises(FusionError, match="cannot write"):
+        gt.save_state(m, tmp_path / "missing" / "m.pt")
+    with pytest.raises(FusionTypeError):
+        gt.check_spec(m, None, X)
+    with pytest.raises(FusionError, match="atol"):
+        gt.spec_from_module(m, X, atol="x")

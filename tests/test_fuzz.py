@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
 import signal
@@ -44,7 +45,7 @@ def no_hang(seconds: int = SECONDS) -> Iterator[None]:
 
 def _mlp(rng: np.random.Generator, widths: list[int], dtype: Any, scale: float) -> dict[str, np.ndarray]:
     out = {}
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         with np.errstate(all="ignore"):
             out[f"layers.{i}.weight"] = (rng.standard_normal((b, a)) * scale).astype(dtype)
             out[f"layers.{i}.bias"] = (rng.standard_normal(b) * scale).astype(dtype)
@@ -202,9 +203,8 @@ TORCH_INPUTS = st.sampled_from(["ok", "shape", "int", "half", "nan", "empty", "l
 @given(kind=TORCH_INPUTS, width=st.integers(0, 4), act=st.sampled_from(["same", "tanh"]), method=st.sampled_from(METHODS))
 def test_torch_adapter(kind, width, act, method):
     torch = pytest.importorskip("torch")
-    from torch import nn
-
     from gamfsolve.adapters import torch as gt
+    from torch import nn
 
     def model(seed: int, a: type[nn.Module]) -> nn.Module:
         torch.manual_seed(seed)
