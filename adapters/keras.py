@@ -91,8 +91,9 @@ def _named_variables(model: Any) -> list[tuple[str, Any, Any]]:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
-        return x.detach().cpu().numpy()
+    if hasattr(x, "detach"):  # a torch tensor (bfloat16, which NumPy lacks, as float32)
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     return np.asarray(x)
 
 
@@ -110,6 +111,8 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     the clone is not compiled.
     """
     _check_model(model)
+    if not isinstance(arrays, Mapping):
+        raise FusionTypeError(f"arrays must be a mapping of weight name to array, got {type(arrays).__name__}")
     source = _named_variables(model)
     names = [n for n, _, _ in source]
     unknown = sorted(set(arrays) - set(names))
@@ -126,7 +129,7 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     for src, dst in zip(model.weights, clone.weights, strict=True):
         dst.assign(src.value)
     for (name, _, layer), (_, var, _) in zip(source, _named_variables(clone), strict=True):
-        value = _to_numpy(arrays[name])
+        value = _real_array(name, arrays[name])
         if tuple(value.shape) != tuple(var.shape):
             raise FusionError(
                 f"layer {layer.name!r}: array {name!r} has shape {tuple(value.shape)}, expected {tuple(var.shape)}"
@@ -135,10 +138,28 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     return clone
 
 
+def _real_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a NumPy array of finite real numbers, or a FusionError naming ``name``."""
+    try:
+        out = _to_numpy(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FusionTypeError(f"array {name!r} is not numeric: {exc}") from exc
+    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer) or out.dtype == bool):
+        raise FusionTypeError(f"array {name!r} has dtype {out.dtype}; expected real numbers")
+    if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+        raise FusionError(f"array {name!r} contains NaN or Inf")
+    return out
+
+
 def graph_info(model: Any) -> GraphInfo:
     """The labelled layer graph (spec entries, weighted layers in graph order, flatten inputs)."""
     _check_model(model)
     return walk(model)
+
+
+def _check_atol(atol: Any) -> None:
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < float("inf"):
+        raise FusionError(f"atol must be a finite number >= 0, got {atol!r}")
 
 
 def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> PermutationSpec:
@@ -148,6 +169,7 @@ def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> Pe
     residual stream is named after its first layer. With ``check=True`` the spec is verified
     by :func:`check_spec`.
     """
+    _check_atol(atol)
     info = graph_info(model)
     axes = {}
     for name, var, layer in _named_variables(model):
@@ -208,6 +230,9 @@ def check_spec(model: Any, spec: PermutationSpec, *, atol: float = 1e-5, seed: i
     is tried alone, and the :class:`FusionError` names the groups that change the outputs.
     """
     _check_model(model)
+    if not isinstance(spec, PermutationSpec):
+        raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    _check_atol(atol)
     rng = np.random.default_rng(seed)
     arrays = to_arrays(model)
     sizes = spec.group_sizes({k: v.shape for k, v in arrays.items()})
@@ -338,6 +363,8 @@ def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], s
 
 
 def _keras_path(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise FusionTypeError(f"path must be a str or os.PathLike, got {path!r}")
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise FusionError(f"expected a .keras file, got {path!r}")
@@ -358,4 +385,8 @@ def load_model(path: str | os.PathLike[str], *, custom_objects: Mapping[str, Any
 def save_model(model: Any, path: str | os.PathLike[str]) -> None:
     """Save a model to a ``.keras`` file."""
     _check_model(model)
-    keras.saving.save_model(model, _keras_path(path))
+    file = _keras_path(path)
+    try:
+        keras.saving.save_model(model, file)
+    except OSError as exc:
+        raise FusionError(f"cannot write {file}: {exc.strerror or exc}") from exc

@@ -119,7 +119,10 @@ def test_program_missing_file(tmp_path):
         gt.load_program(tmp_path / "none.pt2")
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_keras_bad_inputs():
+    import numpy as np
+
     keras = pytest.importorskip("keras")
     gk = pytest.importorskip("gamfsolve.adapters.keras")
 
@@ -137,6 +140,25 @@ def test_keras_bad_inputs():
         gk.fuse_models([a, b], seed=-1)
     with pytest.raises(FusionError, match=r"\.keras"):
         gk.load_model("model.h5")
+    with pytest.raises(FusionTypeError):
+        gk.load_model(None)
+    with pytest.raises(FusionError, match="cannot write"):
+        gk.save_model(a, "/nonexistent-folder/m.keras")
+    with pytest.raises(FusionTypeError):
+        gk.from_arrays(a, None)
+    with pytest.raises(FusionTypeError):
+        gk.check_spec(a, None)
+    with pytest.raises(FusionError, match="atol"):
+        gk.spec_from_model(a, atol="x")
+    arrays = gk.to_arrays(a)
+    name = next(iter(arrays))
+    for bad, error in (("x", FusionTypeError), (np.full(arrays[name].shape, np.nan), FusionError),
+                       (np.zeros(arrays[name].shape, dtype=complex), FusionTypeError)):
+        with pytest.raises(error, match=name):
+            gk.from_arrays(a, dict(arrays, **{name: bad}))
+    fused = gk.fuse_models([a, b], weights=[1e308, 1e308], method="average")
+    for x, y, z in zip(gk.to_arrays(fused).values(), arrays.values(), gk.to_arrays(b).values(), strict=True):
+        np.testing.assert_allclose(x, (y + z) / 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

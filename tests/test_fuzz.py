@@ -185,7 +185,8 @@ def test_spec_builders(n, prefix, bias, layout, name, group, spatial):
         lambda: g.make_spec(g.dense(name, None, group, bias=bias, layout=layout)),
         lambda: g.make_spec(g.conv(name, None, group, spatial_dims=spatial, layout=layout)),
         lambda: g.make_spec(g.norm(name, group)),
-        lambda: g.PermutationSpec({name: (group, None)}),
+        lambda: g.PermutationSpec({"w": (name, group), "v": (group,)}),
+        lambda: g.PermutationSpec({n if not isinstance(n, list) else "x": (group, None)}),
         lambda: g.PermutationSpec(n),
     ]
     for call in calls:
