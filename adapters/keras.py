@@ -30,7 +30,7 @@ import numpy as np
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._api import check_options
-from gamfsolve._validate import check_weights, widest
+from gamfsolve._validate import check_models, check_weights, widest
 
 from ._keras_graph import GraphInfo, walk
 
@@ -302,9 +302,10 @@ def fuse_models(
         check_weights(weights, len(models))
     for k, m in enumerate(models):
         _check_model(m, f"models[{k}]")
-    check_same_function(models)
     spec = spec_from_model(models[0])
     arrays = [_aligned(models[0], m, k) for k, m in enumerate(models)]
+    check_models(arrays, spec)  # shapes first, then the layers' functions
+    check_same_function(models)
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     target = _widest(models, arrays, spec, template)
     if target is not models[0]:  # weights correspond by position; names may differ
@@ -338,7 +339,9 @@ def check_same_function(models: Sequence[Any]) -> None:
     for k, model in enumerate(models[1:], start=1):
         other = [_layer_function(layer) for layer in model.layers]
         if len(other) != len(first):
-            raise FusionError(f"models[{k}] has {len(other)} layers, models[0] has {len(first)}: not one architecture")
+            raise FusionError(
+                f"models[{k}] has {len(other)} layers, models[0] has {len(first)}: not the same architecture"
+            )
         for i, (a, b) in enumerate(zip(first, other, strict=True)):
             if a != b:
                 raise FusionError(

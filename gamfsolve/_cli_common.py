@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ._errors import FusionError
+
 __all__ = [
     "EXIT_BAD_FILE", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_WRITE", "CliError", "check_writable", "remove_stale_temps",
     "write_atomic",
@@ -110,7 +112,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.replace(tmp, path)
     except CliError:
         raise
-    except OSError as exc:
+    except (OSError, FusionError) as exc:  # adapters report a failed save as FusionError
         raise CliError(f"cannot write {path}: {exc}", EXIT_WRITE) from exc
     finally:
         if tmp.exists():

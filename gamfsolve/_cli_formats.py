@@ -97,12 +97,12 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
             raise CliError(f"cannot read {path} as a Keras model (safe mode): {exc}", EXIT_BAD_FILE) from exc
     template = models[0]
     try:
-        gk.check_same_function(models)
         spec = gk.spec_from_model(template)
         names = list(gk.to_arrays(template))
         arrays = [_by_position(names, gk.to_arrays(m), paths[0], p) for m, p in zip(models, paths, strict=True)]
         _check_names(arrays, paths)
         target = models[_widest(arrays, spec, paths)]
+        gk.check_same_function(models)
     except FusionError as exc:
         raise _fusion_error(exc, f"cannot fuse {paths[0]}") from exc
 
