@@ -97,6 +97,11 @@ def match(
     matched in a universe of the largest width: each narrower model is given zero units up to
     that size, so its index vectors are permutations of ``range(U)`` whose entries ``>= n_k``
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
+
+    Options and ``seed`` are checked for type and range before any work (:class:`OptionError`,
+    :class:`FusionError`). Models of different float dtypes are matched in the widest, float16
+    and bfloat16 in float32; arrays of extreme magnitude (far outside ``2**-16 .. 2**16``) are
+    first scaled by one power of two, which leaves every method's result unchanged.
     """
     check_options(method, options, seed)
     solver = _solver(method, options)
@@ -131,7 +136,8 @@ def merge(
     it (an entry touching an empty slot of model ``k`` leaves ``k`` out; an entry no model has
     is zero), so a unit only the wider model has keeps its weights, and fusing a model with a
     pruned, permuted copy of itself returns the model. The output has the universe's widths.
-    Same array library, dtype and device as the input.
+    Same array library and device as the input; the dtype is the widest of the inputs' (float16
+    and bfloat16 are averaged in float32 and returned in their own dtype).
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
