@@ -66,7 +66,11 @@ def check_pt2_bytes(data: bytes, name: str) -> None:
     if len(roots) != 1 or any("/" in r.rstrip("/") for r in roots):
         raise FusionError(f"cannot read {name}: not a torch.export .pt2 archive of a supported version")
     root = roots[0]
-    rel = {m[len(root):]: m for m in members if m.startswith(root)}
+    if len(set(members)) != len(members) or not all(m.startswith(root) for m in members):
+        # zip readers disagree on which of two same-named members they return, and torch reads
+        # the archive under its first member's folder: both must leave nothing unchecked
+        raise UnsafeFileError(f"{name} holds duplicate members or members outside its archive folder")
+    rel = {m[len(root):]: m for m in members}
 
     def read(path: str) -> bytes:
         try:
@@ -179,6 +183,8 @@ def _check_tree(spec: Any, name: str) -> None:
 def _check_expr(code: Any, name: str, names: set[str], *, guard: bool) -> None:
     """A shape expression or guard may hold only whitelisted names, numbers and plain strings."""
     what = "guard" if guard else "shape expression"
+    if isinstance(code, str) and any(c in code for c in "#\\\n\r;"):
+        raise UnsafeFileError(f"{name}: a {what} holds comments, escapes or line breaks; it is not loaded")
     try:
         tree = ast.parse(code, mode="eval") if isinstance(code, str) and len(code) < 10_000 else None
     except (SyntaxError, ValueError):

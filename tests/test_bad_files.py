@@ -189,3 +189,50 @@ def test_pt2_from_buffer_is_never_reread(clean_pt2, tmp_path, monkeypatch):
     gt.load_program(clean_pt2)
     assert seen == [io.BytesIO]
     assert clean_pt2.read_bytes() == data
+
+
+def test_pt2_duplicate_member_refused(clean_pt2, tmp_path):
+    """Two members of one name: zipfile returns the last, other readers the first; refused."""
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(clean_pt2) as zin, zipfile.ZipFile(evil, "w") as zout:
+        root = zin.namelist()[0].split("/")[0] + "/"
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zout.writestr(root + "data/sample_inputs/model.pt", evil_torch_save(marker))
+    with pytest.raises(UnsafeFileError, match="duplicate"):
+        gt.load_program(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("guard", ["L['x'].size()[0] >= 1 # note", "L['x'].size()[0] >= \\\n 1"])
+def test_pt2_guard_with_comment_or_escape_refused(guard, clean_pt2, tmp_path):
+    from bad_files import rewrite
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if name != "models/model.json":
+            return None
+        program = json.loads(data)
+        program["guards_code"] = [guard]
+        return json.dumps(program).encode()
+
+    evil = tmp_path / "evil.pt2"
+    rewrite(clean_pt2, evil, edit)
+    with pytest.raises(UnsafeFileError, match="guard"):
+        gt.load_program(evil)
+
+
+def test_pt2_plain_guard_accepted(clean_pt2, tmp_path):
+    from bad_files import rewrite
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if name != "models/model.json":
+            return None
+        program = json.loads(data)
+        program["guards_code"] = ["L['input'].size()[1] == 3"]
+        return json.dumps(program).encode()
+
+    plain = tmp_path / "plain.pt2"
+    rewrite(clean_pt2, plain, edit)
+    assert gt.load_program(plain).module()(torch.randn(2, 3)).shape == (2, 2)
