@@ -245,3 +245,36 @@ def test_cli_arguments(argv, tmp_path_factory):
             code = exc.code
     assert code in (2, 3)  # a usage error, else the missing inputs
     assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+@settings(max_examples=8)
+@given(kind=st.sampled_from(["ok", "one", "model", "tanh", "wide", "option", "seed", "weights", "like"]),
+       method=st.sampled_from(METHODS))
+def test_keras_and_convert(kind, method):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    from gamfsolve.adapters import convert as cv
+    from gamfsolve.adapters import keras as gk
+    from torch import nn
+
+    def model(act: str = "relu", width: int = 8) -> Any:
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(width, activation=act), keras.layers.Dense(2)])
+
+    a = model()
+    torch_twin = cv.keras_to_torch(model(), nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)))
+    other: Any = {"tanh": model("tanh"), "wide": model(width=5)}.get(kind, model())
+    kw: dict[str, Any] = {"option": {"tau0": "1"}, "seed": {"seed": -2}, "weights": {"weights": [1e308, -1]}}.get(kind, {})
+    models: Any = {"one": [a], "model": a}.get(kind, [a, other])
+    with no_hang(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", g.ConvergenceWarning)
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        for i, call in enumerate((lambda: gk.fuse_models(models, method=method, **{"seed": 0, **kw}),
+                     lambda: cv.fuse_cross(models if kind != "ok" else [a, torch_twin], method=method,
+                                           like=None if kind == "like" else a, **kw))):
+            try:
+                fused = call()
+            except FusionError:
+                continue
+            assert kind in ("ok", "wide") or (kind == "like" and i == 0)
+            for x in gk.to_arrays(fused).values():
+                assert np.isfinite(x).all()
