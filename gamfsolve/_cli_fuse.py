@@ -105,8 +105,9 @@ def run_fuse(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_args(inputs, output, args)
     options = _method_options(args.option, args.method, args.seed)
+    input_shape = _input_shape(args.input_shape)
     check_writable(output)  # before any model is read or fused
-    loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
+    loaded = load(inputs, factory=args.model, input_shape=input_shape)
     try:
         result = gamfsolve.match(
             loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed, **options

@@ -2,11 +2,12 @@
 
 One declaration per method (:data:`RULES`): option name -> a check that raises
 :class:`OptionError` naming the option and what it accepts. Choices (``affinity="edge"``) are
-typed here as text and judged by the method itself, which owns its list of choices.
+read from the lists the methods' modules own.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -54,12 +55,13 @@ def real(lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = True, hi_open
     return check
 
 
-def text(*, optional: bool = False) -> Check:
-    """A string (one of the method's choices, which the method checks)."""
+def choice(module: str, attr: str) -> Check:
+    """One of the strings in ``gamfsolve.<module>.<attr>`` (read when checked: the method owns the list)."""
 
     def check(name: str, value: Any) -> None:
-        if not (isinstance(value, str) or (value is None and optional)):
-            raise OptionError(f"option {name} must be a string naming a choice, got {value!r} ({type(value).__name__})")
+        choices = getattr(importlib.import_module(f"gamfsolve.{module}"), attr)
+        if not isinstance(value, str) or value not in choices:
+            raise OptionError(f"option {name} must be one of {tuple(choices)}, got {value!r}")
 
     return check
 
@@ -90,10 +92,12 @@ def widths(name: str, value: Any) -> None:
 
 RULES: dict[str, dict[str, Check]] = {
     "gamf": {
-        "affinity": text(), "kernel": text(), "sigma": widths, "sigma_scale": real(optional=True),
+        "affinity": choice("_affinity", "AFFINITIES"), "kernel": choice("_kernels", "KERNELS"), "sigma": widths,
+        "sigma_scale": real(optional=True),
         "tau0": real(), "gamma": real(0.0, 1.0, optional=True), "tau_min": real(), "max_sweeps": integer(1),
         "tol": real(lo_open=False), "sinkhorn_tol": real(), "sinkhorn_max_iter": integer(1),
-        "max_iter": integer(1), "init": text(), "universe": boolean(optional=True), "balance": text(),
+        "max_iter": integer(1), "init": choice("_gamf", "INITS"), "universe": boolean(optional=True),
+        "balance": choice("_affinity", "BALANCES"),
     },
     "weight_matching": {"max_iter": integer(1)},
     "ot": {},
