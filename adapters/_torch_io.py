@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import logging
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -12,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gamfsolve import FusionError, FusionTypeError
+from gamfsolve import FusionError, FusionTypeError, UnsafeFileError
 from gamfsolve._factory import import_factory
+
+from ._pt2_check import check_pt2_bytes
 
 __all__ = ["aliases", "deepcopy", "from_arrays", "load_state", "save_state", "to_arrays"]
 
@@ -59,28 +63,52 @@ def from_arrays(module: nn.Module, arrays: Mapping[str, Any]) -> nn.Module:
     ``module``. The input module is not modified.
     """
     _check_module(module)
+    if not isinstance(arrays, Mapping):
+        raise FusionTypeError(f"arrays must be a mapping of parameter name to array, got {type(arrays).__name__}")
     expected = to_arrays(module)
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
         raise FusionError(f"arrays do not fit {type(module).__name__}: missing {missing}, unexpected {extra}")
-    for name, ref in expected.items():
-        shape = tuple(getattr(arrays[name], "shape", ()))
-        if shape != tuple(ref.shape):
-            raise FusionError(f"array {name!r} has shape {shape}, the module expects {tuple(ref.shape)}")
+    values = {name: _real_tensor(name, arrays[name], tuple(ref.shape)) for name, ref in expected.items()}
     new = deepcopy(module)
     state = new.state_dict(keep_vars=True)
     with torch.no_grad():
-        for name, value in arrays.items():
-            state[name].copy_(torch.as_tensor(value))
+        for name, value in values.items():
+            state[name].copy_(value)
     return new
+
+
+def _real_tensor(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """``value`` as a tensor of ``shape`` holding finite real numbers, or a FusionError naming ``name``."""
+    got = tuple(getattr(value, "shape", ()))
+    if got != shape:
+        raise FusionError(f"array {name!r} has shape {got}, the module expects {shape}")
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FusionTypeError(f"array {name!r} is not numeric: {_first_line(exc)}") from exc
+    if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.int16,
+                                                                                   torch.int32, torch.int64,
+                                                                                   torch.uint8, torch.bool)):
+        raise FusionTypeError(f"array {name!r} has dtype {tensor.dtype}; expected real numbers")
+    if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+        raise FusionError(f"array {name!r} contains NaN or Inf")
+    return tensor
 
 
 def deepcopy(module: nn.Module) -> nn.Module:
     """``copy.deepcopy``, silencing a deprecation torch itself triggers when copying exported modules."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        return copy.deepcopy(module)
+        try:
+            return copy.deepcopy(module)
+        except RuntimeError as exc:  # e.g. a computed weight of the legacy nn.utils.weight_norm
+            hint = ""
+            if "weight_norm" in str(exc):
+                hint = ("; it uses the legacy torch.nn.utils.weight_norm: apply "
+                        "torch.nn.utils.parametrizations.weight_norm instead, or torch.nn.utils.remove_weight_norm")
+            raise FusionError(f"cannot copy {type(module).__name__}: {_first_line(exc)}{hint}") from exc
 
 
 def _factory(spec: str) -> nn.Module:
@@ -96,7 +124,7 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
     tensor file. Both need ``factory`` ("package.module:callable" returning the empty model).
     ``.pt2``: a :func:`torch.export.save` program; its module is returned (no factory needed).
     """
-    path = Path(path)
+    path = _path(path)
     if not path.is_file():
         raise FusionError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -110,17 +138,19 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
         model = _factory(factory)
         try:
             load_model(model, str(path), strict=True, device=str(map_location))
-        except (RuntimeError, OSError) as exc:
-            raise FusionError(f"{path.name} does not fit the model from {factory!r}: {exc}") from exc
+        except Exception as exc:  # safetensors raises its own error type for a damaged header
+            raise FusionError(f"cannot load {path.name} into the model from {factory!r}: {_first_line(exc)}") from exc
         return model
     if suffix in (".pt", ".pth", ".bin"):
         try:
             state: Mapping[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise FusionError(
+            raise UnsafeFileError(
                 f"{path.name} is not a plain state dict (it needs arbitrary unpickling, which is refused "
                 "for safety); save model.state_dict() instead"
             ) from exc
+        except Exception as exc:  # a damaged or truncated file: torch raises several types
+            raise FusionError(f"cannot read {path.name} as a tensor file: {_first_line(exc)}") from exc
     else:
         raise FusionError(f"unknown file type {suffix!r}; expected .pt, .pth, .safetensors or .pt2")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -134,30 +164,60 @@ def load_state(path: str | Path, factory: str | None = None, *, map_location: An
 
 
 def load_program(path: str | Path) -> torch.export.ExportedProgram:
-    """A ``.pt2`` file written by :func:`torch.export.save` (it carries its graph)."""
+    """A ``.pt2`` file written by :func:`torch.export.save` (it carries its graph).
+
+    The archive is read once into memory and checked before torch sees it: a file whose loading
+    would unpickle anything beyond plain tensors, run code strings or load compiled code is refused
+    with :class:`~gamfsolve.UnsafeFileError` (see ``_pt2_check``).
+    """
+    path = Path(path)
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FusionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    check_pt2_bytes(data, str(path))
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    try:
+        logger.setLevel(logging.CRITICAL)  # torch logs a traceback before raising on a bad archive
         with warnings.catch_warnings():
             # torch 2.11 warns while reading the archive's weights into tensors: harmless, and
             # under a warnings-as-errors filter it would abort the load.
             warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-            return torch.export.load(str(path))
+            return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # torch raises several types for a bad archive
-        raise FusionError(f"cannot load the exported program {path}: {exc}") from exc
+        raise FusionError(f"cannot load the exported program {path}: {_first_line(exc)}") from exc
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def save_state(module: nn.Module, path: str | Path) -> None:
     """Write the module's state dict to ``.pt``/``.pth`` (torch.save) or ``.safetensors``."""
     _check_module(module)
-    path = Path(path)
+    path = _path(path)
     state = module.state_dict()
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import save_model
-
-        save_model(module, str(path))
-    elif suffix in (".pt", ".pth", ".bin"):
-        torch.save(state, path)
-    else:
+    if suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise FusionError(
             f"unknown file type {suffix!r}; expected .pt, .pth or .safetensors (use torch.export.save for .pt2)"
         )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import save_model
+
+            save_model(module, str(path))
+        else:
+            torch.save(state, path)
+    except Exception as exc:  # a missing folder, no permission, a full disk, shared tensors safetensors refuses
+        raise FusionError(f"cannot write {path}: {_first_line(exc)}") from exc
+
+
+def _path(path: Any) -> Path:
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise FusionTypeError(f"path must be a str or pathlib.Path, got {path!r}")
+    return Path(path)

@@ -98,11 +98,19 @@ class Env:
         self.info: dict[fx.Node, Any] = {}
 
 
+def _dim(d: Any) -> int:
+    """A dimension's size; a symbolic one by its example value (``int()`` would make it static)."""
+    if isinstance(d, torch.SymInt):
+        hint = getattr(d.node, "hint", None)
+        return int(hint) if hint is not None else 1
+    return int(d)
+
+
 def _shape(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return tuple(int(d) for d in value.shape)
+        return tuple(_dim(d) for d in value.shape)
     if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (tuple, list)):
-        return tuple(int(d) for d in value.shape)  # fx TensorMetadata
+        return tuple(_dim(d) for d in value.shape)  # fx TensorMetadata
     if isinstance(value, (tuple, list)):
         return tuple(_shape(v) for v in value)
     return None

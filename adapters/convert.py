@@ -32,6 +32,8 @@ from torch import nn
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError
+from gamfsolve._api import check_options
+from gamfsolve._validate import check_models
 
 from . import keras as gk
 
@@ -81,13 +83,18 @@ def _torch_layers(module: nn.Module, example_inputs: Any) -> list[tuple[str, nn.
         if id(mod) in ids and all(mod is not m for _, m in called):
             called.append((ids[id(mod)], mod))
 
-    handles = [m.register_forward_pre_hook(hook) for _, m in owners]
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise FusionTypeError("example_inputs must be a tensor or a tuple of tensors")
+    handles = [m.register_forward_pre_hook(hook) for _, m in owners]
     flags = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
         with torch.no_grad():
             module(*inputs)
+    except Exception as exc:  # whatever the module raises on inputs it cannot take
+        got = ", ".join(f"shape {tuple(t.shape)} {t.dtype}" for t in inputs)
+        raise FusionError(f"{type(module).__name__} cannot run on example_inputs ({got}): {exc}") from exc
     finally:
         for h in handles:
             h.remove()
@@ -209,6 +216,8 @@ def torch_to_keras_arrays(torch_module: nn.Module, keras_model: Any, *, example_
 
 
 def _torch_from_keras_arrays(arrays: dict, keras_model: Any, torch_module: nn.Module, example_inputs: Any) -> Any:
+    if not isinstance(torch_module, nn.Module):
+        raise FusionTypeError(f"expected a torch.nn.Module, got {type(torch_module).__name__}")
     names = {(layer.name, var.name): n for n, var, layer in gk._named_variables(keras_model)}
     new = copy.deepcopy(torch_module)
     owners = dict(new.named_modules())
@@ -251,9 +260,12 @@ def fuse_cross(
     ``torch.nn.Module``). ``example_inputs`` (PyTorch tensors) make the PyTorch layer order
     the call order instead of the registration order.
     """
+    if isinstance(models, (keras.Model, nn.Module, str)) or not isinstance(models, Sequence):
+        raise FusionTypeError(f"models must be a list of models, got {type(models).__name__}")
     models = list(models)
     if len(models) < 2:
         raise FusionError(f"fuse_cross needs at least two models, got {len(models)}")
+    check_options(method, options, seed)  # before any work
     for k, m in enumerate([*models, like]):
         if not isinstance(m, (keras.Model, nn.Module)):
             what = "like" if k == len(models) else f"models[{k}]"
@@ -268,6 +280,8 @@ def fuse_cross(
         else:
             arrays.append(torch_to_keras_arrays(m, template, example_inputs=example_inputs))
     spec = gk.spec_from_model(template)
+    check_models(arrays, spec)  # shapes first, then the Keras layers' functions
+    gk.check_same_function([m for m in [template, *models] if isinstance(m, keras.Model)])
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     if isinstance(like, keras.Model):
         return gk.from_arrays(like, fused)  # like is the template

@@ -29,11 +29,13 @@ import numpy as np
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
-from gamfsolve._validate import widest
+from gamfsolve._api import check_options
+from gamfsolve._validate import check_models, check_weights, widest
 
 from ._keras_graph import GraphInfo, walk, weight_key
 
 __all__ = [
+    "check_same_function",
     "check_spec",
     "from_arrays",
     "fuse_models",
@@ -89,8 +91,9 @@ def _named_variables(model: Any) -> list[tuple[str, Any, Any]]:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
-        return x.detach().cpu().numpy()
+    if hasattr(x, "detach"):  # a torch tensor (bfloat16, which NumPy lacks, as float32)
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     return np.asarray(x)
 
 
@@ -108,6 +111,8 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     the clone is not compiled.
     """
     _check_model(model)
+    if not isinstance(arrays, Mapping):
+        raise FusionTypeError(f"arrays must be a mapping of weight name to array, got {type(arrays).__name__}")
     source = _named_variables(model)
     names = [n for n, _, _ in source]
     unknown = sorted(set(arrays) - set(names))
@@ -124,7 +129,7 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     for src, dst in zip(model.weights, clone.weights, strict=True):
         dst.assign(src.value)
     for (name, _, layer), (_, var, _) in zip(source, _named_variables(clone), strict=True):
-        value = _to_numpy(arrays[name])
+        value = _real_array(name, arrays[name])
         if tuple(value.shape) != tuple(var.shape):
             raise FusionError(
                 f"layer {layer.name!r}: array {name!r} has shape {tuple(value.shape)}, expected {tuple(var.shape)}"
@@ -133,10 +138,28 @@ def from_arrays(model: Any, arrays: Mapping[str, Any]) -> Any:
     return clone
 
 
+def _real_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a NumPy array of finite real numbers, or a FusionError naming ``name``."""
+    try:
+        out = _to_numpy(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FusionTypeError(f"array {name!r} is not numeric: {exc}") from exc
+    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer) or out.dtype == bool):
+        raise FusionTypeError(f"array {name!r} has dtype {out.dtype}; expected real numbers")
+    if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+        raise FusionError(f"array {name!r} contains NaN or Inf")
+    return out
+
+
 def graph_info(model: Any) -> GraphInfo:
     """The labelled layer graph (spec entries, weighted layers in graph order, flatten inputs)."""
     _check_model(model)
     return walk(model)
+
+
+def _check_atol(atol: Any) -> None:
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < float("inf"):
+        raise FusionError(f"atol must be a finite number >= 0, got {atol!r}")
 
 
 def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> PermutationSpec:
@@ -146,6 +169,7 @@ def spec_from_model(model: Any, *, check: bool = True, atol: float = 1e-5) -> Pe
     residual stream is named after its first layer. With ``check=True`` the spec is verified
     by :func:`check_spec`.
     """
+    _check_atol(atol)
     info = graph_info(model)
     axes = {}
     for name, var, layer in _named_variables(model):
@@ -206,6 +230,9 @@ def check_spec(model: Any, spec: PermutationSpec, *, atol: float = 1e-5, seed: i
     is tried alone, and the :class:`FusionError` names the groups that change the outputs.
     """
     _check_model(model)
+    if not isinstance(spec, PermutationSpec):
+        raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    _check_atol(atol)
     rng = np.random.default_rng(seed)
     arrays = to_arrays(model)
     sizes = spec.group_sizes({k: v.shape for k, v in arrays.items()})
@@ -265,11 +292,20 @@ def fuse_models(
     different widths fuse into the widest: the result is shaped like the input that is widest
     in every group, or like ``template``.
     """
+    if isinstance(models, (keras.Model, str, bytes)) or not isinstance(models, Sequence):
+        raise FusionTypeError(f"models must be a list of keras.Model, got {type(models).__name__}")
     models = list(models)
     if len(models) < 2:
         raise FusionError(f"fuse_models needs at least two models, got {len(models)}")
+    check_options(method, options, seed)  # before any work
+    if weights is not None:
+        check_weights(weights, len(models))
+    for k, m in enumerate(models):
+        _check_model(m, f"models[{k}]")
     spec = spec_from_model(models[0])
     arrays = [_aligned(models[0], m, k) for k, m in enumerate(models)]
+    check_models(arrays, spec)  # shapes first, then the layers' functions
+    check_same_function(models)
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     target = _widest(models, arrays, spec, template)
     if target is not models[0]:  # weights correspond by position; names may differ
@@ -278,6 +314,40 @@ def fuse_models(
             raise FusionError(f"template has {len(names)} weights, the models have {len(fused)}")
         fused = dict(zip(names, fused.values(), strict=True))
     return from_arrays(target, fused)
+
+
+#: layer settings that change the function a layer computes (widths such as ``units`` may differ)
+_FUNCTION_KEYS = (
+    "activation", "kernel_size", "strides", "padding", "dilation_rate", "pool_size", "data_format", "axis",
+    "epsilon", "negative_slope", "alpha", "groups", "use_bias", "center", "scale", "max_value", "threshold",
+    "target_shape", "dims", "size", "interpolation", "cropping", "function",
+)
+
+
+def _layer_function(layer: Any) -> tuple[str, dict[str, str]]:
+    try:
+        config = layer.get_config()
+    except Exception:  # a layer without a config is compared by class alone
+        config = {}
+    return type(layer).__name__, {k: repr(config[k]) for k in _FUNCTION_KEYS if k in config}
+
+
+def check_same_function(models: Sequence[Any]) -> None:
+    """Raise :class:`~gamfsolve.FusionError` unless the models' layers are of the same classes with the
+    same function-defining settings (activations, kernel sizes, strides, ...), in the same order."""
+    first = [_layer_function(layer) for layer in models[0].layers]
+    for k, model in enumerate(models[1:], start=1):
+        other = [_layer_function(layer) for layer in model.layers]
+        if len(other) != len(first):
+            raise FusionError(
+                f"models[{k}] has {len(other)} layers, models[0] has {len(first)}: not the same architecture"
+            )
+        for i, (a, b) in enumerate(zip(first, other, strict=True)):
+            if a != b:
+                raise FusionError(
+                    f"models[{k}] layer {i} ({model.layers[i].name!r}) is {b[0]} {b[1]} but models[0]'s is {a[0]} "
+                    f"{a[1]}: the models compute different functions; only models of one architecture fuse"
+                )
 
 
 def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], spec: PermutationSpec,
@@ -296,6 +366,8 @@ def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], s
 
 
 def _keras_path(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise FusionTypeError(f"path must be a str or os.PathLike, got {path!r}")
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise FusionError(f"expected a .keras file, got {path!r}")
@@ -305,10 +377,19 @@ def _keras_path(path: str | os.PathLike[str]) -> str:
 def load_model(path: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None) -> Any:
     """Load a ``.keras`` file with ``safe_mode=True`` (no arbitrary code from lambdas)."""
     _require_torch_backend()
-    return keras.saving.load_model(_keras_path(path), custom_objects=custom_objects, safe_mode=True)
+    file = _keras_path(path)
+    try:
+        return keras.saving.load_model(file, custom_objects=custom_objects, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, TypeError, zipfile and h5py errors, ...
+        text = str(exc).strip().splitlines()
+        raise FusionError(f"cannot read {file} as a Keras model (safe mode): {text[0] if text else type(exc).__name__}") from exc
 
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> None:
     """Save a model to a ``.keras`` file."""
     _check_model(model)
-    keras.saving.save_model(model, _keras_path(path))
+    file = _keras_path(path)
+    try:
+        keras.saving.save_model(model, file)
+    except OSError as exc:
+        raise FusionError(f"cannot write {file}: {exc.strerror or exc}") from exc

@@ -25,11 +25,13 @@ from torch import nn
 
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
-from gamfsolve._validate import widest
+from gamfsolve._api import check_options
+from gamfsolve._validate import check_weights, widest
 
 from ._torch_attention import opaque_attention
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
 from ._torch_repair import repair
+from ._torch_same import check_same_function, module_ops
 from ._torch_trace import derive_spec, trace_export, trace_fx
 
 __all__ = [
@@ -47,6 +49,11 @@ __all__ = [
 ]
 
 
+def _check_module_type(module: Any) -> None:
+    if not isinstance(module, nn.Module):
+        raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
+
 def _inputs(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -59,6 +66,11 @@ def _inputs(example_inputs: Any) -> tuple:
 
 def _device_check(module: nn.Module, inputs: tuple, what: str = "module") -> None:
     devices = {t.device for t in module.state_dict().values() if isinstance(t, torch.Tensor)}
+    if any(d.type == "meta" for d in devices) or any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
+        raise FusionError(
+            f"{what} ({type(module).__name__}) or its example inputs are on the meta device (shapes without "
+            "values); materialise the weights first, e.g. module.to_empty(device='cpu') and load_state_dict"
+        )
     if len(devices) > 1:
         raise FusionError(f"{what} has tensors on several devices: {sorted(map(str, devices))}")
     for t in inputs:
@@ -115,6 +127,8 @@ def spec_from_module(
     PermutationSpec
         Covers every floating parameter and buffer of :func:`to_arrays`.
     """
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0 or atol == float("inf"):
+        raise FusionError(f"atol must be a finite number >= 0, got {atol!r}")
     if isinstance(module, torch.export.ExportedProgram):
         program = module
         if example_inputs is None and program.example_inputs is not None:
@@ -128,6 +142,7 @@ def spec_from_module(
             raise FusionTypeError(f"module must be a torch.nn.Module or ExportedProgram, got {type(module).__name__}")
         inputs = _inputs(example_inputs)
         _device_check(module, inputs)
+        _run_once(module, inputs)
         source, shapes = _trace(module, inputs)
     params = {k: tuple(v.shape) for k, v in to_arrays(module).items()}
     spec = derive_spec(source, shapes, params, aliases(module), strict=strict)
@@ -135,6 +150,20 @@ def spec_from_module(
     if check and inputs is not None:
         check_spec(module, spec, inputs, atol=atol)
     return spec
+
+
+def _run_once(module: nn.Module, inputs: tuple) -> None:
+    """Run the module on the example inputs once: a shape or dtype it refuses is the inputs' fault, said so."""
+    try:
+        with _EvalMode(module), torch.no_grad():
+            module(*inputs)
+    except Exception as exc:  # whatever the model raises on inputs it cannot take
+        got = ", ".join(f"shape {tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+                        for t in inputs)
+        raise FusionError(
+            f"{type(module).__name__} cannot run on example_inputs ({got}): {_first_line(exc)}; pass a small batch "
+            "of the inputs the model takes (their shape and dtype)"
+        ) from exc
 
 
 def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
@@ -184,6 +213,9 @@ def check_spec(
     not exceed ``atol``; otherwise each group is tried alone and :class:`~gamfsolve.FusionError`
     names those that change the outputs (a wrong spec, or an op the derivation misread).
     """
+    if not isinstance(spec, PermutationSpec):
+        raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    _check_module_type(module)
     inputs = _inputs(example_inputs)
     _device_check(module, inputs)
     model = deepcopy(module).eval()
@@ -223,13 +255,18 @@ def _check_same(modules: Sequence[nn.Module]) -> None:
         if list(a) != list(b):
             diff = sorted(set(a) ^ set(b))
             raise FusionError(f"modules[{k}] has different parameters from modules[0]: {diff[:5]}")
+    check_same_function([module_ops(m) for m in modules], [f"modules[{k}]" for k in range(len(modules))])
 
 
-def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: PermutationSpec | None,
-             check: bool) -> tuple[PermutationSpec, list[dict[str, Any]]]:
+def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: PermutationSpec | None, check: bool,
+             method: str = "gamf", options: Mapping[str, Any] | None = None, seed: Any = None,
+             weights: Sequence[float] | None = None) -> tuple[PermutationSpec, list[dict[str, Any]]]:
     """Validate ``modules`` against each other and the inputs; the spec (derived unless given) and arrays."""
     _check_same(modules)
     inputs = _inputs(example_inputs)
+    check_options(method, options or {}, seed)  # before any tracing
+    if weights is not None:
+        check_weights(weights, len(modules))
     for k, m in enumerate(modules):
         _device_check(m, inputs, f"modules[{k}]")
     if spec is None:
@@ -275,7 +312,7 @@ def fuse_modules(
     Modules of different widths (e.g. hidden sizes 256 and 128) fuse into the widest: the
     result is a copy of the input that is widest in every group, or of ``template``.
     """
-    spec, arrays = _prepare(modules, example_inputs, spec, check)
+    spec, arrays = _prepare(modules, example_inputs, spec, check, method, options, seed, weights)
     fused = gamfsolve.fuse(arrays, spec, method=method, weights=weights, seed=seed, **options)
     return from_arrays(_template(modules, arrays, spec, template), fused)
 
@@ -301,7 +338,7 @@ def align_modules(
     one with zero units in its empty slots, still the same function), as copies of the widest
     input or of ``template``.
     """
-    spec, arrays = _prepare(modules, example_inputs, spec, check)
+    spec, arrays = _prepare(modules, example_inputs, spec, check, method, options, seed, weights)
     result = gamfsolve.match(arrays, spec, method=method, weights=weights, seed=seed, **options)
     aligned = [gamfsolve.permute(arrays[k], spec, result.model_perms(k)) for k in range(len(modules))]
     sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in a.items()}) for a in arrays]

@@ -8,7 +8,7 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
 from ._api import METHODS, fuse, match, merge
 from ._builders import attention, conv, dense, make_spec, mlp_spec, norm
-from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, ScaleError
+from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, ScaleError, UnsafeFileError
 from ._permute import permute
 from ._result import MatchResult
 from ._spec import Blocks, Concat, PermutationSpec, Split
@@ -57,6 +57,7 @@ __all__ = [
     "ScaleError",
     "Split",
     "attention",
+    "UnsafeFileError",
     "conv",
     "dense",
     "fuse",

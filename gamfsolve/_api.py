@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from time import perf_counter
@@ -11,6 +12,8 @@ from typing import Any
 from ._errors import FusionError, OptionError
 from ._guard import check_scale
 from ._heads import collapse, expand_models, expand_spec
+from ._numeric import compute_dtype, output_dtype, power_of_two_scale, scale_widths, scaled, to_dtype
+from ._options import check_option_values, check_seed
 from ._permute import permute
 from ._progress import resolve_progress
 from ._result import MatchResult
@@ -50,9 +53,12 @@ def _solver(method: str, options: Mapping[str, Any]) -> Solver:
     return func
 
 
-def check_options(method: str, options: Mapping[str, Any]) -> None:
-    """Raise :class:`FusionError` for an unknown method, :class:`OptionError` for an unknown option name."""
+def check_options(method: str, options: Mapping[str, Any], seed: Any = None) -> None:
+    """Raise :class:`FusionError` for an unknown method or a bad seed, :class:`OptionError` for an
+    unknown option name or a value of the wrong type or range (see ``_options.RULES``)."""
     _solver(method, options)
+    check_option_values(method, options)
+    check_seed(seed)
 
 
 def match(
@@ -102,7 +108,13 @@ def match(
     matched in a universe of the largest width: each narrower model is given zero units up to
     that size, so its index vectors are permutations of ``range(U)`` whose entries ``>= n_k``
     are empty slots (see :func:`gamfsolve.permute` and :func:`merge`).
+
+    Options and ``seed`` are checked for type and range before any work (:class:`OptionError`,
+    :class:`FusionError`). Models of different float dtypes are matched in the widest, float16
+    and bfloat16 in float32; arrays of extreme magnitude (far outside ``2**-16 .. 2**16``) are
+    first scaled by one power of two, which leaves every method's result unchanged.
     """
+    check_options(method, options, seed)
     solver = _solver(method, options)
     if isinstance(spec, PermutationSpec) and spec.has_split:  # every method sees Split axes as plain sub-axes
         return match(expand_models(models, spec), expand_spec(spec), method=method, weights=weights, seed=seed,
@@ -111,16 +123,22 @@ def match(
     first = next(iter(models[0].values()), None)
     itemsize = getattr(getattr(first, "dtype", None), "itemsize", 4) or 4
     check_scale(checked.sizes, itemsize, len(models), method, max_memory)
+    start = perf_counter()
+    models = to_dtype(models, checked.xp, compute_dtype(models, checked.xp))  # bfloat16 -> float32, mixed -> widest
+    exponent = power_of_two_scale(models, checked.xp)
+    if exponent:  # far from 1 (1e19, 1e-25): exact power-of-two rescale, results unchanged
+        models = scaled(models, exponent)
+        if options.get("sigma") is not None:
+            options = dict(options, sigma=scale_widths(options["sigma"], exponent))
     views = host_views(models)
     if views is not None:  # PyTorch CPU tensors: solve on shared-memory NumPy views, answer in torch
         result = match(views, spec, method=method, weights=weights, seed=seed, progress=progress,
                        max_memory=max_memory, **options)
         xp = checked.xp
         perms = {g: [xp.asarray(p) for p in ps] for g, ps in result.perms.items()}
-        return replace(result, perms=perms)
+        return replace(result, perms=perms, time=perf_counter() - start)
     if "progress" in inspect.signature(solver).parameters:
         options = {**options, "progress": resolve_progress(progress)}
-    start = perf_counter()
     if not checked.same_widths:  # narrower models get zero units up to the universe's size
         xp = checked.xp
         grow = {g: xp.arange(n, device=checked.device) for g, n in checked.sizes.items()}
@@ -128,6 +146,9 @@ def match(
         models = [permute(model, spec, grow) for model in models]
         checked = replace(checked, presence=presence)
     result = solver(models, spec, checked, seed=seed, **options)
+    if exponent and isinstance(result.info.get("sigmas"), Mapping):  # report widths in the inputs' units
+        info = dict(result.info, sigmas={k: math.ldexp(v, -2 * exponent) for k, v in result.info["sigmas"].items()})
+        result = replace(result, info=info)
     return replace(result, time=perf_counter() - start)
 
 
@@ -141,16 +162,19 @@ def merge(
     it (an entry touching an empty slot of model ``k`` leaves ``k`` out; an entry no model has
     is zero), so a unit only the wider model has keeps its weights, and fusing a model with a
     pruned, permuted copy of itself returns the model. The output has the universe's widths.
-    Same array library, dtype and device as the input.
+    Same array library and device as the input; the dtype is the widest of the inputs' (float16
+    and bfloat16 are averaged in float32 and returned in their own dtype).
     """
     if result.n_models != len(models) and result.perms:
         raise FusionError(f"result matches {result.n_models} models but {len(models)} were given")
     if isinstance(spec, PermutationSpec) and spec.has_split:
         return collapse(merge(expand_models(models, spec), expand_spec(spec), result, weights=weights), spec)
     w = check_weights(weights, len(models))
+    xp = check_models(models, spec).xp
+    work, final = compute_dtype(models, xp), output_dtype(models, xp)
     out: dict[str, Array] = {}
     total: dict[str, Array] = {}
-    for k, model in enumerate(models):
+    for k, model in enumerate(to_dtype(models, xp, work)):  # half precision is averaged in float32
         perms = result.model_perms(k)
         aligned = permute(model, spec, perms)
         own = spec.group_sizes({n: tuple(x.shape) for n, x in model.items()})
@@ -163,10 +187,9 @@ def merge(
             total[name] = weight if k == 0 else total[name] + weight
     for name, t in total.items():
         if not isinstance(t, float):  # some entries are missing in some models
-            xp = namespace(t)
             has = t > 0
             out[name] = xp.where(has, out[name] / xp.where(has, t, xp.ones_like(t)), xp.zeros_like(t))
-    return out
+    return {n: x if x.dtype == final else xp.astype(x, final) for n, x in out.items()}
 
 
 def _presence(model: Model, spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:

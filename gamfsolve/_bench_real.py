@@ -35,6 +35,9 @@ ARCHS: dict[str, str] = {
 }
 
 
+LABELS: dict[str, Any] = {"num_labels": 1000}  # ImageNet-sized classifiers
+
+
 def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
     """``(module, example input)`` of ``arch`` at random initialisation ``seed`` (eval mode)."""
     import torch
@@ -53,19 +56,19 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
             deep = arch == "resnet50"
             sizes = [256, 512, 1024, 2048] if deep else [64, 128, 256, 512]
             cfg = tf.ResNetConfig(depths=[3, 4, 6, 3] if deep else [2, 2, 2, 2], hidden_sizes=[s // w for s in sizes],
-                                  embedding_size=64 // w, layer_type="bottleneck" if deep else "basic", num_labels=1000)
+                                  embedding_size=64 // w, layer_type="bottleneck" if deep else "basic", **LABELS)
             model = tf.ResNetForImageClassification(cfg)
         elif arch == "mobilenet_v2":
             model = tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(
-                depth_multiplier=1.0 / w, image_size=64, num_labels=1000))
+                depth_multiplier=1.0 / w, image_size=64, **LABELS))
         elif arch == "efficientnet_b0":
             # (HF's EfficientNet breaks at width coefficients below 1: quick mode halves the depth instead)
             model = tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
-                depth_coefficient=0.5 if quick else 1.0, image_size=64, num_labels=1000))
+                depth_coefficient=0.5 if quick else 1.0, image_size=64, **LABELS))
         elif arch == "vit_s16_mlp":
             model = tf.ViTForImageClassification(tf.ViTConfig(
                 hidden_size=384 // w, num_hidden_layers=12 // w, num_attention_heads=6 // (2 if quick else 1),
-                intermediate_size=1536 // w, image_size=64, patch_size=16, num_labels=1000))
+                intermediate_size=1536 // w, image_size=64, patch_size=16, **LABELS))
         else:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
         x = torch.randn(2, 3, 64, 64)

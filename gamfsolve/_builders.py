@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ._errors import FusionError
+from ._errors import FusionError, FusionTypeError
 from ._spec import AxisEntry, PermutationSpec, Split
 
 __all__ = ["attention", "conv", "dense", "make_spec", "mlp_spec", "norm"]
@@ -21,8 +21,19 @@ Entries = dict[str, tuple[AxisEntry, ...]]
 
 
 def _check_layout(layout: str) -> None:
-    if layout not in ("out_in", "in_out"):
+    if not isinstance(layout, str) or layout not in ("out_in", "in_out"):
         raise FusionError(f"layout must be 'out_in' or 'in_out', got {layout!r}")
+
+
+def _check_kinds(**values: object) -> None:
+    """Names must be non-empty strings, ``bias`` a bool, ``spatial_dims`` an int >= 0."""
+    for key, value in values.items():
+        if key == "bias" and not isinstance(value, bool):
+            raise FusionTypeError(f"bias must be True or False, got {value!r}")
+        if key == "spatial_dims" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise FusionError(f"spatial_dims must be an int >= 0, got {value!r}")
+        if key not in ("bias", "spatial_dims") and (not isinstance(value, str) or not value):
+            raise FusionTypeError(f"{key} must be a non-empty str, got {value!r}")
 
 
 def dense(
@@ -37,6 +48,7 @@ def dense(
 ) -> Entries:
     """A fully connected layer ``name`` mapping ``in_group`` units to ``out_group`` units."""
     _check_layout(layout)
+    _check_kinds(name=name, bias=bias, weight=weight, bias_name=bias_name)
     axes = (out_group, in_group) if layout == "out_in" else (in_group, out_group)
     out: Entries = {f"{name}.{weight}": axes}
     if bias:
@@ -57,6 +69,7 @@ def conv(
 ) -> Entries:
     """A convolution with ``spatial_dims`` kernel axes (fixed) between two groups."""
     _check_layout(layout)
+    _check_kinds(name=name, bias=bias, spatial_dims=spatial_dims, weight=weight, bias_name=bias_name)
     spatial = (None,) * spatial_dims
     axes = (out_group, in_group, *spatial) if layout == "out_in" else (*spatial, in_group, out_group)
     out: Entries = {f"{name}.{weight}": axes}
@@ -67,6 +80,7 @@ def conv(
 
 def norm(name: str, group: str, *, keys: Sequence[str] = ("weight", "bias", "running_mean", "running_var")) -> Entries:
     """A normalisation layer whose per-channel vectors all follow ``group``."""
+    _check_kinds(name=name, **{f"keys[{i}]": k for i, k in enumerate(keys)})
     return {f"{name}.{key}": (group,) for key in keys}
 
 
@@ -148,6 +162,8 @@ def make_spec(*parts: Mapping[str, tuple[AxisEntry, ...]]) -> PermutationSpec:
     """Join builder outputs into one :class:`PermutationSpec`; a name given twice is an error."""
     axes: Entries = {}
     for part in parts:
+        if not isinstance(part, Mapping):
+            raise FusionTypeError(f"make_spec takes builder outputs (mappings), got {type(part).__name__}")
         for key, value in part.items():
             if key in axes:
                 raise FusionError(f"parameter {key!r} is described twice")
@@ -159,7 +175,8 @@ def mlp_spec(
     n_layers: int, *, prefix: str = "layers", bias: bool = True, layout: Layout = "out_in"
 ) -> PermutationSpec:
     """Spec of an MLP ``{prefix}.0 ... {prefix}.{n_layers-1}``; hidden groups ``h0, h1, ...``."""
-    if n_layers < 2:
+    _check_kinds(prefix=prefix)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 2:
         raise FusionError(f"n_layers must be at least 2 (one hidden layer), got {n_layers}")
     groups: list[str | None] = [None, *(f"h{i}" for i in range(n_layers - 1)), None]
     return make_spec(

@@ -81,14 +81,18 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     _need("keras", "keras")
     gk = importlib.import_module("gamfsolve.adapters.keras")
+    try:
+        gk._require_torch_backend()
+    except FusionError as exc:  # Keras on another backend than torch
+        raise CliError(str(exc)) from exc
     models = []
     for path in paths:
         if not zipfile.is_zipfile(path):
             raise CliError(f"cannot read {path}: not a .keras archive (a zip file)", EXIT_BAD_FILE)
         try:
             models.append(gk.load_model(path))
-        except FusionError as exc:  # e.g. Keras on another backend than torch
-            raise CliError(str(exc)) from exc
+        except FusionError as exc:
+            raise CliError(str(exc), EXIT_BAD_FILE) from exc
         except Exception as exc:  # keras raises ValueError, TypeError, zipfile errors, ...
             raise CliError(f"cannot read {path} as a Keras model (safe mode): {exc}", EXIT_BAD_FILE) from exc
     template = models[0]
@@ -98,6 +102,7 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
         arrays = [_by_position(names, gk.to_arrays(m), paths[0], p) for m, p in zip(models, paths, strict=True)]
         _check_names(arrays, paths)
         target = models[_widest(arrays, spec, paths)]
+        gk.check_same_function(models)
     except FusionError as exc:
         raise _fusion_error(exc, f"cannot fuse {paths[0]}") from exc
 
@@ -181,8 +186,13 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
                 programs.append(gt.load_program(path))
         except FusionError as exc:
             raise CliError(str(exc), EXIT_BAD_FILE) from exc
-    arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(p.module()).items()} for p in programs]
+    arrays = [_host(gt.to_arrays(p.module())) for p in programs]
     _check_names(arrays, paths)
+    same = importlib.import_module("gamfsolve.adapters._torch_same")
+    try:
+        same.check_same_function([same.program_ops(p) for p in programs], [str(p) for p in paths])
+    except FusionError as exc:
+        raise CliError(str(exc), EXIT_MISMATCH) from exc
     try:
         spec = gt.spec_from_module(programs[0])
     except FusionError as exc:
@@ -202,6 +212,13 @@ def _load_programs(paths: Sequence[Path]) -> Loaded:
         torch.export.save(template, str(out))
 
     return Loaded("program", arrays, spec, write)
+
+
+def _host(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors as NumPy arrays; bfloat16 (which NumPy lacks) as float32, written back in bfloat16."""
+    import torch
+
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy() for k, v in tensors.items()}
 
 
 def _check_factory(factory: str | None, first: Path) -> None:
@@ -265,7 +282,7 @@ def _load_states(paths: Sequence[Path], factory: str | None, input_shape: Sequen
     except (FusionError, RuntimeError) as exc:
         what = f"cannot derive the permutation spec of {factory} on inputs of shape {tuple(input_shape)}"
         raise _fusion_error(exc, what) from exc
-    arrays = [{k: v.detach().numpy() for k, v in gt.to_arrays(m).items()} for m in modules]
+    arrays = [_host(gt.to_arrays(m)) for m in modules]
 
     def write(fused: Mapping[str, Any], out: Path) -> None:
         gt.save_state(gt.from_arrays(modules[0], fused), out)

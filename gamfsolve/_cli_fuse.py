@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ._api import check_options
-from ._cli_common import EXIT_MISMATCH, CliError, write_atomic
+from ._cli_common import EXIT_MISMATCH, CliError, check_writable, write_atomic
 from ._cli_formats import kind_of, load
 from ._errors import FusionError, OptionError
 from ._result import MatchResult
+from ._validate import check_weights
 
 __all__ = ["run_fuse"]
 
@@ -48,9 +49,14 @@ def _check_args(inputs: Sequence[Path], output: Path, args: argparse.Namespace) 
         raise CliError(f"the output must have the inputs' format ({inputs[0].suffix}), got {output.name!r}")
     if output.exists() and not args.force:
         raise CliError(f"{output} exists; pass --force to replace it")
+    if args.weights is not None:
+        try:
+            check_weights(args.weights, len(inputs))
+        except FusionError as exc:
+            raise CliError(f"--weights: {exc}") from exc
 
 
-def _method_options(pairs: Sequence[str] | None, method: str) -> dict[str, Any]:
+def _method_options(pairs: Sequence[str] | None, method: str, seed: int | None = None) -> dict[str, Any]:
     """``--option KEY=VALUE`` pairs as keyword options of ``method``, names checked before any file is read."""
     out: dict[str, Any] = {}
     for pair in pairs or ():
@@ -63,8 +69,12 @@ def _method_options(pairs: Sequence[str] | None, method: str) -> dict[str, Any]:
             out[key] = value
     try:
         check_options(method, out)
-    except OptionError as exc:
+    except FusionError as exc:
         raise CliError(f"--option: {exc}") from exc
+    try:
+        check_options(method, {}, seed)
+    except FusionError as exc:
+        raise CliError(f"--seed: {exc}") from exc
     return out
 
 
@@ -94,8 +104,10 @@ def run_fuse(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
     output = Path(args.output)
     _check_args(inputs, output, args)
-    options = _method_options(args.option, args.method)
-    loaded = load(inputs, factory=args.model, input_shape=_input_shape(args.input_shape))
+    options = _method_options(args.option, args.method, args.seed)
+    input_shape = _input_shape(args.input_shape)
+    check_writable(output)  # before any model is read or fused
+    loaded = load(inputs, factory=args.model, input_shape=input_shape)
     try:
         result = gamfsolve.match(
             loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed, **options

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError", "OptionError", "ScaleError"]
+__all__ = ["ConvergenceWarning", "FusionError", "FusionTypeError", "OptionError", "ScaleError", "UnsafeFileError"]
 
 
 class FusionError(ValueError):
@@ -15,6 +15,10 @@ class FusionTypeError(FusionError, TypeError):
 
 class OptionError(FusionError):
     """An unknown method option, or one with an invalid value (an unknown choice, a schedule out of range)."""
+
+
+class UnsafeFileError(FusionError):
+    """A model file that reading would run code from (a pickle, compiled code, code strings); it is refused."""
 
 
 class ConvergenceWarning(UserWarning):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import FusionError
+from ._errors import FusionError, FusionTypeError
 from ._heads import collapse, expand, expand_spec
 from ._spec import AxisEntry, PermutationSpec, Segment, segments_of
 from ._xp import device, namespace
@@ -123,6 +123,16 @@ def apply_maps(
     return x
 
 
+def _check_permutation(group: str, p: Array, xp: Any) -> None:
+    """``p`` must hold every integer of ``range(len(p))`` once (no float, repeated or negative entry)."""
+    if not xp.isdtype(p.dtype, "integral"):
+        raise FusionTypeError(f"perms[{group!r}] must be an integer index vector, got dtype {p.dtype}")
+    n = p.shape[0]
+    if n and not bool(xp.all(xp.sort(p) == xp.arange(n, dtype=p.dtype, device=device(p)))):
+        raise FusionError(f"perms[{group!r}] must be a permutation of range({n}) (every index once), "
+                          "got repeated, negative or out-of-range entries")
+
+
 def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[str, Array]) -> dict[str, Array]:
     """Reorder one model's parameters by index vectors, one per group.
 
@@ -134,6 +144,10 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     widths). Groups missing from ``perms`` are left as they are. Returns a new dict; the input
     is not modified.
     """
+    if not isinstance(spec, PermutationSpec):
+        raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    if not isinstance(params, Mapping) or not isinstance(perms, Mapping):
+        raise FusionTypeError("params and perms must be mappings (parameter name -> array, group -> index vector)")
     if isinstance(spec, PermutationSpec) and spec.has_split:  # Split axes permuted as plain sub-axes
         return collapse(permute(expand(params, spec), expand_spec(spec), perms), spec)
     unknown = [g for g in perms if g not in spec.groups]
@@ -148,4 +162,5 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
                 f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]} (or longer, to place the "
                 f"model into a universe), got shape {tuple(p.shape)}"
             )
+        _check_permutation(g, p, xp)
     return {name: apply_maps(x, spec.axes[name], perms, xp, own=sizes) for name, x in params.items()}

@@ -50,6 +50,8 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> tuple[float
     """Normalise model weights to sum to one; ``None`` means equal weights."""
     if weights is None:
         return (1.0 / n_models,) * n_models
+    if isinstance(weights, (str, bytes, Mapping)):
+        raise FusionTypeError(f"weights must be a sequence of numbers, got {weights!r}")
     try:
         values = [float(w) for w in weights]
     except (TypeError, ValueError) as exc:
@@ -58,9 +60,11 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> tuple[float
         raise FusionError(f"weights has {len(values)} entries for {n_models} models")
     if any(not math.isfinite(w) or w < 0 for w in values):
         raise FusionError(f"weights must be finite and non-negative, got {values}")
-    total = sum(values)
-    if total <= 0:
+    top = max(values)
+    if top <= 0:
         raise FusionError(f"weights must sum to something positive, got {values}")
+    values = [w / top for w in values]  # first to at most 1: weights near 1e308 sum without overflow
+    total = sum(values)
     return tuple(w / total for w in values)
 
 
@@ -76,7 +80,7 @@ def check_models(
     """
     if not isinstance(spec, PermutationSpec):
         raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
-    if isinstance(models, Mapping) or not isinstance(models, Sequence):
+    if isinstance(models, (Mapping, str, bytes)) or not isinstance(models, Sequence):
         raise FusionTypeError("models must be a sequence of parameter mappings (one per model)")
     if len(models) < 2:
         raise FusionError(f"need at least two models to fuse, got {len(models)}")
@@ -91,6 +95,8 @@ def check_models(
     arrays = [model[n] for model in models for n in names]
     xp = namespace(*arrays)
     dev = device(arrays[0])
+    if str(dev) == "meta":
+        raise FusionError("the models' arrays are on the meta device (shapes without values); load their weights first")
     for k, model in enumerate(models):
         for n in names:
             x = model[n]
@@ -101,6 +107,11 @@ def check_models(
             if not bool(xp.all(xp.isfinite(x))):
                 raise FusionError(f"parameter {n!r} of models[{k}] contains NaN or Inf")
     model_sizes = tuple(_sizes_of(model, spec, names, k) for k, model in enumerate(models))
+    for k, own in enumerate(model_sizes):
+        empty = sorted(g for g, n in own.items() if n < 1)
+        if empty:
+            raise FusionError(f"models[{k}] has no units in group(s) {empty} (a layer of width 0); every "
+                              "permuted layer needs at least one unit")
     sizes = {g: max(s[g] for s in model_sizes) for g in spec.groups}
     for n in names:  # widths may differ; every fixed axis (and run) must agree
         want = universe_shape(tuple(models[0][n].shape), spec.axes[n], model_sizes[0], sizes)

@@ -109,12 +109,13 @@ def _solve(models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked
     rng = np.random.default_rng(seed)
     ident = {g: xp.arange(n, device=checked.device) for g, n in sizes.items()}
     maps = [dict(ident) for _ in models]
-    total_iter = 0
+    total_iter, settled = 0, True
     for k in range(1, len(models)):  # start: everyone aligned to model 0
         live = None if checked.same_widths else {g: checked.live(k, g, partner=0) for g in sizes}
         maps[k], it = align_to(models[k], models[0], spec, sizes, maps[k], rng, xp, max_iter=max_iter, live=live, bar=bar)
         total_iter += it
-    converged = len(models) == 2
+        settled &= it < max_iter  # a pass without change came before the limit
+    converged = len(models) == 2 and settled
     for _ in range(max_iter if len(models) > 2 else 0):
         changed = False
         for k in range(len(models)):

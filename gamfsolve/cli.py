@@ -24,8 +24,8 @@ _EPILOG = """\
 exit status:
   0  success
   2  bad usage: arguments, a bad --option, unknown or mixed formats, output over an input, missing extra
-  3  an input file cannot be read, or is not a model of the expected kind
-  4  the models cannot be fused (different architectures or shapes)
+  3  an input file cannot be read, is not a model of the expected kind, or would run code (pickles)
+  4  the models cannot be fused (different architectures, shapes or functions)
   5  the output cannot be written
 """
 
