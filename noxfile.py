@@ -134,6 +134,20 @@ def gpu(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/ -> docs/_build/html), warnings as errors; the gallery's scripts run.
+
+    Uses the environment of `tests` and `demo` plus the `docs` extra. ``nox -s docs -- -D
+    plot_gallery=0`` skips running the gallery's scripts.
+    """
+    bin_dir = _shared(session, "test,docs")
+    mnist = Path("..").resolve() / "shared" / "data" / "mnist"
+    env = {**ENV, "KERAS_HOME": _short_tmp(), **({"GAMFSOLVE_MNIST": str(mnist)} if mnist.is_dir() else {})}
+    session.run(str(bin_dir / "python"), "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
+                *session.posargs, env=env, external=True)
+
+
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """The main job: train small models on bundled data, fuse them by every method, compare."""
     bin_dir = _shared(session)
@@ -159,7 +173,7 @@ def fl(session: nox.Session) -> None:
     """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png).
 
     The full comparison (5 and 10 clients, 3 seeds, 20 rounds, 4 methods) took 14.7 minutes on this
-    2-core machine (session 16); it resumes from examples/fl/results.json, so an interrupted run repeats no finished one.
+    2-core CPU machine (examples/fl/RESULTS.md); it resumes from examples/fl/results.json, so an interrupted run repeats no finished one.
     Extra arguments go to examples/fl/run.py (e.g. ``nox -s fl -- --clients 5 --seeds 0``).
     """
     _install(session, "fl,examples,test")
