@@ -173,7 +173,8 @@ def fl(session: nox.Session) -> None:
     """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png).
 
     The full comparison (5 and 10 clients, 3 seeds, 20 rounds, 4 methods) took 14.7 minutes on this
-    2-core CPU machine (examples/fl/RESULTS.md); it resumes from examples/fl/results.json, so an interrupted run repeats no finished one.
+    2-core CPU machine (examples/fl/RESULTS.md); it resumes from examples/fl/results.json, so an
+    interrupted run repeats no finished one.
     Extra arguments go to examples/fl/run.py (e.g. ``nox -s fl -- --clients 5 --seeds 0``).
     """
     _install(session, "fl,examples,test")

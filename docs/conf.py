@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import gamfsolve  # noqa: E402
 
 project = "gamfsolve"
 author = "gamfsolve developers"
-copyright = "gamfsolve developers"  # noqa: A001
+copyright = "gamfsolve developers"
 release = version = gamfsolve.__version__
 
 extensions = [

@@ -10,9 +10,9 @@ hidden channels' statistics of un-normalised layers.
 
 import numpy as np
 import torch
+from gamfsolve.adapters import torch as gt
 from torch import nn
 
-from gamfsolve.adapters import torch as gt
 from gamfsolve.datasets import load_images
 
 torch.set_num_threads(2)

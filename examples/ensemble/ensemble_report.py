@@ -199,7 +199,8 @@ NOTES = [
     "different widths keep width 1: there the narrow kernel's locality finds a pruned copy's units among "
     "empty slots (planted pruned copies of 20 small random residual nets recovered 20 times at width 1, "
     "16 at 3, 15 at 10, 12 at 30). On one five-seed set of protocol models (identical "
-    "individual accuracies at both widths), width 30 against width 1 moved gamf one-shot LeNet N = 2 homog 91.1 -> 92.8, hetero 83.4 -> 85.2, N = 4 "
+    "individual accuracies at both widths), width 30 against width 1 moved gamf one-shot LeNet N = 2 homog "
+    "91.1 -> 92.8, hetero 83.4 -> 85.2, N = 4 "
     "87.4 -> 87.7 and 66.7 -> 68.1, MLP N = 4 hetero 80.5 -> 81.8, the other MLP cells by 0.1.",
     "- Every cell, and the most: each weight tensor's edges weighed by 1 / (its number of edges) "
     "(`balance='param'`, the default) instead of the paper's plain sum over edges. In the plain sum a "
