@@ -1,4 +1,10 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, demo, ensemble.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, demo, ensemble, docs.
+
+Python: every session runs on the interpreter that runs nox, which must be one the package
+supports (3.10-3.13), else the session fails; `nox -s tests_all` runs the fast suite on every
+supported Python present on PATH. The README's two sessions, `tests` and `demo`, share one
+environment (`.nox/shared-py3.X`, the `test` extra, which includes the demo's dependencies),
+so the two commands build one copy of torch instead of two.
 
 Sessions run the installed console script (`gamfsolve ...`), not `python -m gamfsolve`: the
 latter puts the source folder first on sys.path, where gamfsolve.adapters (installed from the
@@ -9,14 +15,20 @@ which pins torch to the CPU build on the project's machines; a user elsewhere ca
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # the interpreter that runs nox
+PRESENT = [v for v in SUPPORTED if shutil.which(f"python{v}")] or [PYTHON]
 CONSTRAINTS = ("-c", "constraints.txt")
 ENV = {"KERAS_BACKEND": "torch", "PYTHONHASHSEED": "0", "NUMBA_CACHE_DIR": os.path.join(tempfile.gettempdir(), "gamfsolve-numba")}
 
@@ -33,23 +45,54 @@ def _install(session: nox.Session, extras: str, *, editable: bool = False) -> No
     session.install(*CONSTRAINTS, *(["-e", target] if editable else [target]))
 
 
-@nox.session(python=PYTHON)
-def tests(session: nox.Session) -> None:
-    """The fast test suite on a regular (non-editable) install, then an editable-install check."""
-    _install(session, "test")
+def _check_python(session: nox.Session) -> None:
+    if PYTHON not in SUPPORTED:
+        session.error(f"gamfsolve supports Python {SUPPORTED[0]}-{SUPPORTED[-1]}; nox runs on {PYTHON}: "
+                      f"run it with one of those, e.g. python{SUPPORTED[-1]} -m nox")
+
+
+def _shared(session: nox.Session, extras: str = "test") -> Path:
+    """The environment shared by `tests` and `demo` (created once, updated each run); its bin folder."""
+    _check_python(session)
+    venv = Path(".nox") / f"shared-py{PYTHON}"
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    if not (bin_dir / "python").exists() and not (bin_dir / "python.exe").exists():
+        session.run(sys.executable, "-m", "virtualenv", "-q", "-p", sys.executable, str(venv), external=True)
+    # --no-compile: pip would byte-compile every module (0.32 GB of .pyc in this 2.0 GB environment);
+    # Python still caches the modules a run imports
+    session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", *CONSTRAINTS, f".[{extras}]",
+                external=True)
+    return bin_dir.resolve()
+
+
+def _run_tests(session: nox.Session, bin_dir: Path) -> None:
+    """The fast suite on a regular (non-editable) install, then an editable-install check."""
     env = {**ENV, "KERAS_HOME": _short_tmp()}
-    session.run("pytest", "-m", "not slow", *session.posargs, env=env)
+    session.run(str(bin_dir / "python"), "-m", "pytest", "-m", "not slow", *session.posargs, env=env, external=True)
     # The adapters install as gamfsolve.adapters from the top-level adapters/ folder: prove it
     # works in an editable install too, imported from outside the source tree.
-    session.install("--no-deps", "-e", ".")
+    session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "-e", ".", external=True)
     session.chdir(_short_tmp())  # outside the source tree, whose root holds adapters/
     session.run(
-        "python", "-c",
+        str(bin_dir / "python"), "-c",
         "import gamfsolve.adapters, importlib.util as u; "
         "assert u.find_spec('adapters') is None, 'a top-level adapters module leaked'; "
         "print('editable install OK:', gamfsolve.adapters.__file__)",
-        env=env,
+        env=env, external=True,
     )
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The fast test suite (in the environment shared with `demo`), then an editable-install check."""
+    _run_tests(session, _shared(session))
+
+
+@nox.session(python=PRESENT)
+def tests_all(session: nox.Session) -> None:
+    """The fast test suite on every supported Python present on PATH (one environment each)."""
+    _install(session, "test")
+    _run_tests(session, Path(session.bin))
 
 
 @nox.session(python=PYTHON)
@@ -93,11 +136,25 @@ def gpu(session: nox.Session) -> None:
         session.run("gamfsolve", "bench", "--backend", backend, *session.posargs, env=ENV)
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/ -> docs/_build/html), warnings as errors; the gallery's scripts run.
+
+    Uses the environment of `tests` and `demo` plus the `docs` extra. ``nox -s docs -- -D
+    plot_gallery=0`` skips running the gallery's scripts.
+    """
+    bin_dir = _shared(session, "test,docs")
+    mnist = Path("..").resolve() / "shared" / "data" / "mnist"
+    env = {**ENV, "KERAS_HOME": _short_tmp(), **({"GAMFSOLVE_MNIST": str(mnist)} if mnist.is_dir() else {})}
+    session.run(str(bin_dir / "python"), "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
+                *session.posargs, env=env, external=True)
+
+
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """The main job: train small models on bundled data, fuse them by every method, compare."""
-    _install(session, "torch,examples,numba")
-    session.run("gamfsolve", "demo", *session.posargs, env=ENV)
+    bin_dir = _shared(session)
+    session.run(str(bin_dir / "gamfsolve"), "demo", *session.posargs, env=ENV, external=True)
 
 
 @nox.session(python=PYTHON)
@@ -119,7 +176,8 @@ def fl(session: nox.Session) -> None:
     """Federated learning on Flower: the adapter's tests, then examples/fl (writes RESULTS.md, accuracy.png).
 
     The full comparison (5 and 10 clients, 3 seeds, 20 rounds, 4 methods) took 14.7 minutes on this
-    2-core machine (session 16); it resumes from examples/fl/results.json, so an interrupted run repeats no finished one.
+    2-core CPU machine (examples/fl/RESULTS.md); it resumes from examples/fl/results.json, so an
+    interrupted run repeats no finished one.
     Extra arguments go to examples/fl/run.py (e.g. ``nox -s fl -- --clients 5 --seeds 0``).
     """
     _install(session, "fl,examples,test")

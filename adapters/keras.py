@@ -33,14 +33,18 @@ from gamfsolve._api import check_options
 from gamfsolve._validate import check_models, check_weights, widest
 
 from ._keras_graph import GraphInfo, walk, weight_key
+from ._keras_repair import repair, reset_bn_stats
 
 __all__ = [
+    "align_models",
     "check_same_function",
     "check_spec",
     "from_arrays",
     "fuse_models",
     "graph_info",
     "load_model",
+    "repair",
+    "reset_bn_stats",
     "save_model",
     "spec_from_model",
     "to_arrays",
@@ -348,6 +352,53 @@ def check_same_function(models: Sequence[Any]) -> None:
                     f"models[{k}] layer {i} ({model.layers[i].name!r}) is {b[0]} {b[1]} but models[0]'s is {a[0]} "
                     f"{a[1]}: the models compute different functions; only models of one architecture fuse"
                 )
+
+
+def align_models(
+    models: Sequence[Any],
+    *,
+    method: str = "gamf",
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    template: Any | None = None,
+    **options: Any,
+) -> list[Any]:
+    """Each model with its units put into the common order of :func:`gamfsolve.match`.
+
+    Every result is a new model computing the same function as its input (hidden units only
+    relabelled); for models of one width their ``weights``-average is what :func:`fuse_models`
+    returns for the same ``method``, ``weights``, ``seed`` and options. The inputs of
+    :func:`repair`. Models of different widths come out at the widest widths (a narrower one
+    with zero units in its empty slots), as copies of the widest input or of ``template``.
+
+    Parameters
+    ----------
+    models : sequence of keras.Model, length N >= 2
+        Models of one architecture (Sequential or functional); not modified.
+    method, weights, seed, options
+        As for :func:`gamfsolve.match`.
+    template : keras.Model, optional
+        Receives the aligned weights when the models differ in width.
+
+    Returns
+    -------
+    list of keras.Model
+        N new, uncompiled models.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise FusionError(f"align_models needs at least two models, got {len(models)}")
+    spec = spec_from_model(models[0])
+    arrays = [_aligned(models[0], m, k) for k, m in enumerate(models)]
+    result = gamfsolve.match(arrays, spec, method=method, weights=weights, seed=seed, **options)
+    aligned = [gamfsolve.permute(arrays[k], spec, result.model_perms(k)) for k in range(len(models))]
+    sizes = [spec.group_sizes({n: tuple(x.shape) for n, x in a.items()}) for a in arrays]
+    out = []
+    for k, a in enumerate(aligned):
+        target = models[k] if all(s == sizes[0] for s in sizes) else _widest(models, arrays, spec, template)
+        names = [n for n, _, _ in _named_variables(target)]
+        out.append(from_arrays(target, dict(zip(names, a.values(), strict=True))))
+    return out
 
 
 def _widest(models: Sequence[Any], arrays: Sequence[Mapping[str, np.ndarray]], spec: PermutationSpec,

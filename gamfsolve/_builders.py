@@ -174,7 +174,7 @@ def make_spec(*parts: Mapping[str, tuple[AxisEntry, ...]]) -> PermutationSpec:
 def mlp_spec(
     n_layers: int, *, prefix: str = "layers", bias: bool = True, layout: Layout = "out_in"
 ) -> PermutationSpec:
-    """Spec of an MLP ``{prefix}.0 ... {prefix}.{n_layers-1}``; hidden groups ``h0, h1, ...``."""
+    """Spec of an MLP with layers ``{prefix}.0`` to ``{prefix}.{n_layers-1}``; hidden groups ``h0, h1, ...``."""
     _check_kinds(prefix=prefix)
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 2:
         raise FusionError(f"n_layers must be at least 2 (one hidden layer), got {n_layers}")

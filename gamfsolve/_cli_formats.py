@@ -48,6 +48,8 @@ class Loaded:
     arrays: list[dict[str, Any]]
     spec: PermutationSpec
     write: Callable[[Mapping[str, Any], Path], None]
+    #: named arrays -> a model of the kind's adapter (torch module, Keras model); None where unsupported
+    build: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def description(self) -> str:
@@ -106,11 +108,14 @@ def _load_keras(paths: Sequence[Path]) -> Loaded:
     except FusionError as exc:
         raise _fusion_error(exc, f"cannot fuse {paths[0]}") from exc
 
-    def write(fused: Mapping[str, Any], out: Path) -> None:
+    def build(fused: Mapping[str, Any]) -> Any:
         # the widest input receives the result; its weights correspond by position
-        gk.save_model(gk.from_arrays(target, dict(zip(gk.to_arrays(target), fused.values(), strict=True))), out)
+        return gk.from_arrays(target, dict(zip(gk.to_arrays(target), fused.values(), strict=True)))
 
-    return Loaded("keras", arrays, spec, write)
+    def write(fused: Mapping[str, Any], out: Path) -> None:
+        gk.save_model(build(fused), out)
+
+    return Loaded("keras", arrays, spec, write, build)
 
 
 def _by_position(names: list[str], arrays: Mapping[str, np.ndarray], first: Path, path: Path) -> dict[str, Any]:
@@ -284,10 +289,13 @@ def _load_states(paths: Sequence[Path], factory: str | None, input_shape: Sequen
         raise _fusion_error(exc, what) from exc
     arrays = [_host(gt.to_arrays(m)) for m in modules]
 
-    def write(fused: Mapping[str, Any], out: Path) -> None:
-        gt.save_state(gt.from_arrays(modules[0], fused), out)
+    def build(fused: Mapping[str, Any]) -> Any:
+        return gt.from_arrays(modules[0], fused)
 
-    return Loaded("state", arrays, spec, write)
+    def write(fused: Mapping[str, Any], out: Path) -> None:
+        gt.save_state(build(fused), out)
+
+    return Loaded("state", arrays, spec, write, build)
 
 
 def load(paths: Sequence[Path], *, factory: str | None, input_shape: Sequence[int] | None) -> Loaded:

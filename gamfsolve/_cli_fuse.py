@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._api import check_options
+from ._cli_bn import bn_hint, fix_statistics, read_inputs
 from ._cli_common import EXIT_MISMATCH, CliError, check_writable, write_atomic
 from ._cli_formats import kind_of, load
 from ._errors import FusionError, OptionError
@@ -107,7 +108,13 @@ def run_fuse(args: argparse.Namespace) -> int:
     options = _method_options(args.option, args.method, args.seed)
     input_shape = _input_shape(args.input_shape)
     check_writable(output)  # before any model is read or fused
+    stats_data = getattr(args, "repair", None) or getattr(args, "reset_bn", None)
+    option_name = "--repair" if getattr(args, "repair", None) else "--reset-bn"
+    batches = read_inputs(stats_data, option_name) if stats_data else None
     loaded = load(inputs, factory=args.model, input_shape=input_shape)
+    if batches is not None and loaded.build is None:
+        raise CliError(f"{option_name} is not available for {loaded.description} files (their BatchNorm is compiled "
+                       "into the program); fuse state dicts (with --model) or .keras files instead")
     try:
         result = gamfsolve.match(
             loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed, **options
@@ -118,7 +125,17 @@ def run_fuse(args: argparse.Namespace) -> int:
         raise CliError(f"--option: {exc}") from exc
     except FusionError as exc:
         raise CliError(f"cannot fuse {', '.join(map(str, inputs))}: {exc}", EXIT_MISMATCH) from exc
+    aligned = None
+    if batches is not None:
+        if getattr(args, "repair", None):
+            aligned = [gamfsolve.permute(a, loaded.spec, result.model_perms(k)) for k, a in enumerate(loaded.arrays)]
+        fused = fix_statistics(loaded, fused, aligned, batches, args.weights)
     write_atomic(output, lambda tmp: loaded.write(fused, tmp))
     if not args.quiet:
         _report(loaded.description, result, dict(sizes), output)
+        if batches is not None:
+            what = "REPAIR (channel statistics of the aligned inputs)" if aligned is not None else "BatchNorm reset"
+            print(f"  {what} on {sum(len(b) for b in batches)} inputs from {stats_data}")
+        elif (hint := bn_hint(list(fused))) is not None:
+            print(f"  {hint}")
     return 0

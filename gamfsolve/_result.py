@@ -28,11 +28,16 @@ class MatchResult:
     converged : bool
         Whether the convergence test passed before the iteration limit.
     objective : tuple of float
-        The method's objective after each outer iteration (higher is better).
+        gamf: the matched affinity (its objective, higher is better) after each iterate of the
+        discrete (Hungarian) stage, in order; empty for methods without an objective
+        trace (``weight_matching``, ``ot``, ``average``).
     time : float
         Wall-clock seconds spent in the solver.
     message : str
         A human-readable account of how the solver stopped.
+    info : mapping
+        Method-specific details; gamf reports ``universe``, ``affinity``, ``sigmas`` (the
+        kernel width of each parameter), ``sigma_scale``, ``gamma`` and ``balance``.
     """
 
     perms: dict[str, list[Array]]

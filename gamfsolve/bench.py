@@ -274,6 +274,13 @@ CASE_HEADER = (
 )
 
 
+def _progress(case: dict[str, Any]) -> None:
+    """One line on standard error as each case starts (a case can run for minutes; the table stays on stdout)."""
+    options = ",".join(f"{k}={v}" for k, v in case["options"].items())
+    print(f"  ... {time.strftime('%H:%M:%S')} running {case['arch']} N = {case['n_models']} {case['method']}"
+          + (f"({options})" if options else ""), file=sys.stderr, flush=True)
+
+
 def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: str = "numpy") -> list[dict[str, Any]]:
     """Sections (ii) and (iv): two planted models per architecture, every method, own process."""
     rows = []
@@ -289,6 +296,7 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: 
                 "seed": 0,
                 "backend": backend,
             }
+            _progress(case)
             r = _subprocess_case(case, timeout)
             if method == "weight_matching" and r.get("status") == "ok":
                 base, base_cpu = r["time_s"], r["cpu_s"]
@@ -316,6 +324,7 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
                 "seed": 0,
                 "backend": backend,
             }
+            _progress(case)
             r = _subprocess_case(case, timeout)
             rows.append(r)
             log(_case_line(r, None))
@@ -324,7 +333,8 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gamfsolve bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    p.add_argument("--quick", action="store_true", help="small sizes: about 9 minutes on 2 CPU cores, most of it in section many "
+                   "(--quick --sections kernels,e2e: about 3 minutes); each case's start is logged on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--sections", default="kernels,e2e,many,real",
                    help="comma-separated: kernels, e2e, many, real (the real networks need torch and transformers)")

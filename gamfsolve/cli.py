@@ -92,6 +92,17 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
         help="a method option, repeatable, e.g. --option balance=sqrt --option max_iter=100; VALUE is read "
         "as JSON when it parses (numbers, true, false, null), else as text",
     )
+    stats = p.add_mutually_exclusive_group()
+    stats.add_argument(
+        "--reset-bn", metavar="DATA",
+        help="recompute the fused model's BatchNorm statistics on DATA: an .npz file (its array 'x' or 'inputs' "
+        "if present, else every array) or a folder of .npy files, each (n, *input_shape), read without pickle",
+    )
+    stats.add_argument(
+        "--repair", metavar="DATA",
+        help="REPAIR on DATA (as --reset-bn): give each hidden layer the average channel statistics of the "
+        "aligned inputs, BatchNorm statistics recomputed (state dicts and .keras files)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
