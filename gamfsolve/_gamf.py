@@ -89,16 +89,14 @@ class _Problem:
                            tau=tau, movers=self.movers, series=self.series)
 
 
-# Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input:
-# per outer iteration on N planted MLPs 784-256-256-256-10 (map rank ~20, one process per case,
-# 2 cores, session 8, BLAS at one thread on the pairwise path): pairwise / templates 0.05 / 0.31 s
-# at N = 2, 0.14 / 0.57 at 4, 0.50 / 1.12 at 8, 1.32 / 1.58 at 12, 1.94 / 1.93 at 14, 3.12 / 2.03
-# at 16; the pairwise path also needs a quarter of the memory. Re-measured after session 9's faster exact
-# kernel (session 10, same cases): 1.11 / 1.76 s at N = 12, 2.27 / 2.24 at 16 (peak 293 / 1174 MiB).
-# Templates from 17 models on. (On a GPU the maps are taken at every N: pairwise there is not measured.)
-# A wide kernel (the default sigma_scale 30, session 16) needs maps of lower rank: session 17, same
-# cases, one process, pairwise / templates 0.53 / 0.64 s at N = 10, 0.87 / 0.72 at 12, 1.97 / 1.00
-# at 16 (width 1 at N = 12: 1.01 / 1.60). Templates from 12 models on there.
+# Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input, per
+# outer iteration on N planted MLPs 784-256-256-256-10 (one process per case, 2 cores, BLAS at one
+# thread on the pairwise path), pairwise / templates: at the paper-like kernel width 1 (map rank
+# ~20) 1.11 / 1.76 s at N = 12, 2.27 / 2.24 at 16 (peak 293 / 1174 MiB): templates from 17 models
+# on. The wide default kernel (sigma_scale 30) needs maps of lower rank: 0.53 / 0.64 s at N = 10,
+# 0.87 / 0.72 at 12, 1.97 / 1.00 at 16 (width 1 at N = 12: 1.01 / 1.60): templates from 12 models
+# on there. (On a GPU the maps are taken at every N: pairwise there is not measured.) The Sinkhorn
+# stage's series feature maps (``series=True``) are templates at every N whatever this choice.
 MIN_POOL_FOR_MAPS_NUMBA = 17
 MIN_POOL_FOR_MAPS_NUMBA_WIDE = 12
 
@@ -174,8 +172,8 @@ def _gamf(
     sets widths outright). The default is 30 for models of one width, 1 for models of different
     widths. 30 puts the Gaussian near its linear limit (weight
     matching's objective, with each tensor balanced) over typical distances while keeping it
-    bounded for outliers; against width 1, paired on the MNIST ensemble protocol's models (lab,
-    session 16): LeNet N = 2 homog +0.6 +- 0.5 and +0.8 +- 0.4 points (two sets of 40 pairs),
+    bounded for outliers; against width 1, paired on models trained as the MNIST ensemble
+    protocol trains them: LeNet N = 2 homog +0.6 +- 0.5 and +0.8 +- 0.4 points (two sets of 40 pairs),
     hetero +0.8 +- 0.9 and +0.1 +- 0.7, MLP N = 2 hetero +0.2 +- 0.3 (15) and +0.5 +- 0.2 (25),
     homog +0.1 +- 0.1, N = 4 hetero +0.8 +- 0.4, homog -0.1 +- 0.1 (15), LeNet N = 4 level
     (+0.2 +- 1.0 homog, 15 fusions). Models of different widths keep width 1: the narrow

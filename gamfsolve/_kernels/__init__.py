@@ -86,16 +86,16 @@ KERNELS = ("auto", "reference", "numba", "cuda", "factorised", "matmul")
 # matmul 1.5-2.3 s against the factorised kernel's 0.06-0.24 s at ranks 6-28, so a long map still pays.
 # edge_features uses this limit too (the many-model sums; see its docstring).
 AUTO_MAX_RANK = 40
-# On a GPU without CuPy (torch CUDA; H100, session 10) the exact kernel is "matmul", launch-bound and
+# On a GPU without CuPy (torch CUDA, measured on an NVIDIA H100) the exact kernel is "matmul", launch-bound and
 # cheap, so the map pays only while short: 512 x 512, fan-in 512 / 4608, factorised vs matmul, float32:
 # r = 2 1.1-13x, 5 1.4-5.9x, 9-10 1.2-3.9x, 25-27 0.5-1.0x (float64 alike). Crossover about r = 15.
 AUTO_MAX_RANK_GPU = 12
 # Against the fused CUDA kernel: the map's dozens of launches cost more than the one fused launch at
-# every size measured (see BENCHMARKS.md, session 10), so auto takes the fused kernel.
+# every size measured (BENCHMARKS.md, "GPU: NVIDIA H100"), so auto takes the fused kernel.
 AUTO_MAX_RANK_CUDA = 0
-# Against the vectorised exact Numba kernel (NumPy; FMA-contracted since session 9), float32, whole calls
+# Against the vectorised exact Numba kernel (NumPy; FMA-contracted), float32, whole calls
 # on both cores, factorised / Numba speed-up with BLAS on one thread (as inside gamf's solve) | on two,
-# after the faster features pass and trailing terms left out (session 11):
+# with the features pass in Numba and trailing terms left out:
 # 512 x 512 x 512: r = 3 1.9x | 2.6x, 4 1.8x | 2.7x, 5 1.3x | 1.9x, 6 1.2x | 1.7x, 7 0.87x | 1.3x, 9 0.71x | 1.05x;
 # 256^3: r = 3 2.2x | 2.9x, 4 1.4x | 2.0x, 7 0.72x | 0.98x; 128^3: r = 3 1.2x | 1.4x, 4 0.91x | 1.06x.
 AUTO_MAX_RANK_NUMBA = 5
