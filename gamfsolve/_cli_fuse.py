@@ -117,7 +117,8 @@ def run_fuse(args: argparse.Namespace) -> int:
                        "into the program); fuse state dicts (with --model) or .keras files instead")
     try:
         result = gamfsolve.match(
-            loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed, **options
+            loaded.arrays, loaded.spec, method=args.method, weights=args.weights, seed=args.seed,
+            progress=False if args.quiet else None, **options  # a bar when standard error is a terminal
         )
         sizes = {g: int(p[0].shape[0]) for g, p in result.perms.items()}  # the universe's (widest) counts
         fused = gamfsolve.merge(loaded.arrays, loaded.spec, result, weights=args.weights)
