@@ -1,4 +1,4 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, demo, ensemble.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, torchvision, demo, ensemble.
 
 Sessions run the installed console script (`gamfsolve ...`), not `python -m gamfsolve`: the
 latter puts the source folder first on sys.path, where gamfsolve.adapters (installed from the
@@ -91,6 +91,19 @@ def gpu(session: nox.Session) -> None:
                 "tests/test_backends.py", "tests/test_permute.py", "tests/test_widths.py", env=ENV)
     for backend in ("cupy", "torch_cuda"):
         session.run("gamfsolve", "bench", "--backend", backend, *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def torchvision(session: nox.Session) -> None:
+    """torchvision CNNs (not in CI): spec derived and checked, permuted copy given back, share of units permuted.
+
+    Installs torch 2.14.1 and torchvision 0.29.1 (a ~5.5 GB CUDA build, which runs on the CPU) instead
+    of the pinned torch; torchvision does not import beside torch 2.13.0. Extra arguments go to pytest
+    (e.g. ``nox -s torchvision -- -k weight_matching``).
+    """
+    session.install("torch==2.14.1", "torchvision==0.29.1")
+    session.install(".[torch,numba]", "pytest>=8", "hypothesis>=6.100")
+    session.run("pytest", "-s", "tests/test_torchvision_models.py", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)

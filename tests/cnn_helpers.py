@@ -11,12 +11,16 @@ import gamfsolve
 from .torch_helpers import permuted_copy
 
 
-def conv_share(model: nn.Module, spec: gamfsolve.PermutationSpec) -> tuple[int, int]:
-    """(output channels of every convolution that lie in a permutation group, all of them)."""
+def conv_share(model: nn.Module, spec: gamfsolve.PermutationSpec, *, linear: bool = False) -> tuple[int, int]:
+    """(output channels of every convolution that lie in a permutation group, all of them).
+
+    ``linear=True`` counts the output units of linear layers too (classifier heads included).
+    """
     permuted = total = 0
+    kinds: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear) if linear else (nn.modules.conv._ConvNd,)
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            axis = 1 if m.transposed else 0
+        if isinstance(m, kinds):
+            axis = 1 if getattr(m, "transposed", False) else 0
             n = int(m.weight.shape[axis])
             total += n
             permuted += n if spec.axes[f"{name}.weight"][axis] is not None else 0
