@@ -87,3 +87,12 @@ FUSE_CASES = [pytest.param(n, m, marks=[pytest.mark.slow] if (n, m) in SLOW else
 def test_fuse_with_permuted_copy_gives_the_model_back(name: str, method: str, derived: dict) -> None:
     model, x, spec = _spec(name, derived)
     assert recovers_permuted_copy(model, x, spec, method)
+
+
+def test_convnext_layer_scale_joins_the_residual_stream(derived: dict) -> None:
+    _, _, spec = _spec("convnext", derived)
+    layer = "convnext.encoder.stages.0.layers.1"
+    stream = spec.axes[f"{layer}.pwconv2.weight"][0]
+    assert stream is not None
+    assert spec.axes[f"{layer}.layer_scale_parameter"] == (stream,)
+    assert spec.axes["convnext.embeddings.patch_embeddings.weight"][0] == stream
