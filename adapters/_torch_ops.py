@@ -102,7 +102,7 @@ def binary(eng: Engine, call: Any) -> Any:
         name, axis = _viewed(call, x, pa)
         if pa < 0 or shape[pa] == 1:
             eng.assign_fixed(name)
-        elif shape[pa] == length and name is not None and axis is not None:
+        elif shape[pa] == length and eng.has_param(name) and axis is not None:  # not an integer buffer
             eng.assign(name, axis, out.segs)  # a learned bias / scale / positional embedding
             eng.assign_fixed(name, except_axis=axis)
         else:

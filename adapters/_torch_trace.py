@@ -71,7 +71,8 @@ class Call:
         if not isinstance(x, fx.Node):
             return None
         view = self.env.views.get(x)  # a cast or copy of a parameter is that parameter
-        if view is not None and view[1] == tuple(range(len(self.env.engine.param_shape(view[0])))):
+        eng = self.env.engine
+        if view is not None and eng.has_param(view[0]) and view[1] == tuple(range(len(eng.param_shape(view[0])))):
             return view[0]
         return self.env.param_of.get(x)
 

@@ -205,3 +205,23 @@ def test_view_reaching_an_unknown_op_fixes_its_parameter() -> None:
     spec = gt.spec_from_module(model, x)
     assert spec.axes["gamma"] == (None,)
     assert spec.axes["conv.weight"][0] is None
+
+
+class IntegerBufferView(nn.Module):
+    """A view of a buffer that is not a floating array (not among the fused arrays) is no parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("steps", torch.arange(4))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = self.steps.reshape(1, -1, 1, 1).to(x.dtype).contiguous()
+        return self.head(self.conv(x) + offset + self.steps[:, None, None]).mean((2, 3))
+
+
+def test_integer_buffer_added_to_a_feature_map_keeps_its_units_fixed() -> None:
+    model, x = _model(IntegerBufferView())
+    spec = gt.spec_from_module(model, x)
+    assert spec.axes["conv.weight"][0] is None
