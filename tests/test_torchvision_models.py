@@ -58,8 +58,8 @@ def test_spec_derived_and_checked(name: str) -> None:
     assert conv >= 0.95 * conv_total
 
 
-# weight matching stops at a local optimum on these two (torch 2.14.1, seed 0): the same spec gives
-# squeezenet1_0's permuted copy back exactly by gamf, so it is the solver, not the spec
+# weight matching stops at a local optimum on these two (torch 2.14.1, seed 0): the copy is permuted
+# with the same spec, so the exact answer lies in its search space (and gamf finds squeezenet1_0's)
 WM_MISSES = {"squeezenet1_0", "convnext_tiny"}
 CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.xfail(
     strict=True, reason="weight matching stops at a local optimum")] if m == "weight_matching" and n in WM_MISSES else [])
