@@ -105,7 +105,8 @@ class Residual(nn.Module):
 def _model(model: nn.Module) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     for p in model.parameters():
-        nn.init.normal_(p, 0, 0.5) if p.ndim > 1 else None
+        if p.ndim > 1:
+            nn.init.normal_(p, 0, 0.5)
     return model.eval(), torch.randn(2, 3, 12, 12)
 
 
