@@ -55,7 +55,8 @@ MODELS = {
     "vgg11bn": lambda: zoo.vgg11(batch_norm=True),
 }
 # Only ResNet-20 x1 by weight matching is fast (2.0 s on 2 loaded cores); the rest are slow there:
-# weight matching on ResNet-20 x4 5.8 s and VGG-11-BN 13.6 s, gamf on ResNet-20 x1 8.8 s.
+# weight matching on ResNet-20 x4 5.8 s and VGG-11-BN 13.6 s, gamf on ResNet-20 x1 8.8 s and x4 388 s
+# (VGG-11-BN by gamf did not finish within 500 s there).
 FAST = {("resnet20x1", "weight_matching")}
 CASES = [pytest.param(n, m, marks=[] if (n, m) in FAST else [pytest.mark.slow], id=f"{n}-{m}")
          for n in MODELS for m in ("weight_matching", "gamf")]
