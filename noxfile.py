@@ -1,4 +1,4 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, demo, ensemble, docs.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, torchvision (not in CI), demo, ensemble, docs.
 
 Python: every session runs on the interpreter that runs nox, which must be one the package
 supports (3.10-3.13), else the session fails; `nox -s tests_all` runs the fast suite on every
@@ -148,6 +148,19 @@ def docs(session: nox.Session) -> None:
     env = {**ENV, "KERAS_HOME": _short_tmp(), **({"GAMFSOLVE_MNIST": str(mnist)} if mnist.is_dir() else {})}
     session.run(str(bin_dir / "python"), "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
                 *session.posargs, env=env, external=True)
+
+
+@nox.session(python=PYTHON)
+def torchvision(session: nox.Session) -> None:
+    """torchvision CNNs (not in CI): spec derived and checked, permuted copy given back, share of units permuted.
+
+    Installs torch 2.14.1 and torchvision 0.29.1 (a ~5.5 GB CUDA build, which runs on the CPU) instead
+    of the pinned torch; torchvision does not import beside torch 2.13.0. Extra arguments go to pytest
+    (e.g. ``nox -s torchvision -- -k weight_matching``).
+    """
+    session.install("torch==2.14.1", "torchvision==0.29.1")
+    session.install(".[torch,numba]", "pytest>=8", "hypothesis>=6.100")
+    session.run("pytest", "-s", "tests/test_torchvision_models.py", *session.posargs, env=ENV)
 
 
 @nox.session(venv_backend="none")

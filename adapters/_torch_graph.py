@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from gamfsolve import Blocks, Concat, PermutationSpec, Split
 from gamfsolve._spec import AxisEntry
 
-__all__ = ["FIXED", "Chan", "Engine", "Seg"]
+__all__ = ["FIXED", "Chan", "Engine", "Seg", "View"]
 
 FIXED = 0
+View = tuple[str, tuple[int | None, ...]]  # a parameter and the parameter axis of each tensor axis (None: size 1)
 
 
 @dataclass(frozen=True)

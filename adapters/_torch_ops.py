@@ -33,7 +33,8 @@ def unknown(eng: Engine, call: Any) -> None:
     reason = f"{call.where} cannot be permuted safely: its groups are fixed"
     for x in call.all_args():
         eng.fix(call.chan(x), reason)
-        eng.assign_fixed(call.param(x))
+        view = call.view(x)
+        eng.assign_fixed(view[0] if view is not None else None)
     for name in call.module_params():
         eng.assign_fixed(name)
     return None
@@ -84,7 +85,7 @@ def binary(eng: Engine, call: Any) -> Any:
     carried = [c for _, c in chans if c is not None]
     if not carried:
         for x in operands:  # parameters broadcast against fixed tensors stay fixed
-            eng.assign_fixed(call.param(x))
+            eng.assign_fixed(_viewed(call, x, 0)[0])
         return None
     rel = [c.axis - len(call.shape(x)) for x, c in chans if c is not None]
     out = Chan(ndim + rel[0], carried[0].segs)
@@ -98,16 +99,24 @@ def binary(eng: Engine, call: Any) -> Any:
             continue
         shape = call.shape(x)
         pa = len(shape) - ndim + out.axis
-        name = call.param(x)
+        name, axis = _viewed(call, x, pa)
         if pa < 0 or shape[pa] == 1:
             eng.assign_fixed(name)
-        elif shape[pa] == length and name is not None:
-            eng.assign(name, pa, out.segs)  # a learned bias / scale / positional embedding
-            eng.assign_fixed(name, except_axis=pa)
+        elif shape[pa] == length and eng.has_param(name) and axis is not None:  # not an integer buffer
+            eng.assign(name, axis, out.segs)  # a learned bias / scale / positional embedding
+            eng.assign_fixed(name, except_axis=axis)
         else:
             eng.fix(out, f"{call.where} adds a fixed tensor to a permuted one")
             return None
     return out
+
+
+def _viewed(call: Any, x: Any, axis: int) -> tuple[str | None, int | None]:
+    """The parameter ``x`` holds (directly or reshaped) and its axis read by ``x``'s axis ``axis``."""
+    view = call.view(x)
+    if view is None:
+        return None, None
+    return view[0], (view[1][axis] if 0 <= axis < len(view[1]) else None)
 
 
 # -- layers -----------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from gamfsolve import FusionError, PermutationSpec
 
 from . import _torch_shape_ops  # noqa: F401  (registers the shape handlers)
 from ._torch_attention import attention_handler
+from ._torch_cnn_ops import param_view
 from ._torch_coverage import mark_outputs, warn_coverage
-from ._torch_graph import Engine
+from ._torch_graph import Engine, View
 from ._torch_ops import HANDLERS, unknown
 
 __all__ = ["derive_spec", "trace_fx", "trace_export"]
@@ -70,7 +71,20 @@ class Call:
     def param(self, x: Any) -> str | None:
         if isinstance(x, ParamRef):
             return x.name
-        return self.env.param_of.get(x) if isinstance(x, fx.Node) else None
+        if not isinstance(x, fx.Node):
+            return None
+        view = self.env.views.get(x)  # a cast or copy of a parameter is that parameter
+        eng = self.env.engine
+        if view is not None and eng.has_param(view[0]) and view[1] == tuple(range(len(eng.param_shape(view[0])))):
+            return view[0]
+        return self.env.param_of.get(x)
+
+    def view(self, x: Any) -> View | None:
+        """The parameter ``x`` holds, itself or reshaped (see ``_torch_cnn_ops.param_view``), with its axis map."""
+        name = self.param(x)
+        if name is not None:
+            return name, tuple(range(len(self.shape(x))))
+        return self.env.views.get(x) if isinstance(x, fx.Node) else None
 
     def is_tensor(self, x: Any) -> bool:
         if isinstance(x, ParamRef):
@@ -96,6 +110,7 @@ class Env:
     def __init__(self, engine: Engine, shapes: dict[fx.Node, Any], param_of: dict[fx.Node, str]) -> None:
         self.engine, self.shapes, self.param_of = engine, shapes, param_of
         self.info: dict[fx.Node, Any] = {}
+        self.views: dict[fx.Node, View] = {}  # nodes that hold a parameter with size-1 axes added or removed
 
 
 def _dim(d: Any) -> int:
@@ -223,6 +238,9 @@ def _run(graph: fx.Graph, env: Env, modules: Mapping[str, nn.Module]) -> None:
         if call.kind in _NO_DATA or (call.kind == "getattr" and call.args[1] in _ATTRS_NO_DATA):
             continue
         env.info[node] = (attention_handler(call) or HANDLERS.get(call.kind, unknown))(eng, call)
+        view = param_view(call)
+        if view is not None:
+            env.views[node] = view
 
 
 def _flat(x: Any) -> list[Any]:

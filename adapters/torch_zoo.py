@@ -92,6 +92,9 @@ def vgg11(*, width: int = 1, base: int = 64, batch_norm: bool = False, in_channe
           num_classes: int = 10, input_size: int = 32) -> VGG:
     """VGG-11 (channels ``base*width*(1, 2, 4, 4, 8, 8, 8, 8)``) for 32x32 or 28x28 inputs.
 
+    With ``batch_norm=True`` and the defaults it is the CIFAR VGG-11-BN of REPAIR (conv, BN, ReLU;
+    five 2x2 max-pools; one linear layer on the 1x1 map of 512 channels), with bias-free convs.
+
     For 28x28 inputs the fifth pool is dropped: the classifier reads the 1x1 map of the last
     stage (28 -> 14 -> 7 -> 3 -> 1).
     """
@@ -152,7 +155,12 @@ class ResNet(nn.Module):
 
 
 def resnet20(*, width: int = 1, batch_norm: bool = True, in_channels: int = 3, num_classes: int = 10) -> ResNet:
-    """ResNet-20 for 32x32 inputs: widths ``(16, 32, 64) * width``, three blocks per stage."""
+    """ResNet-20 for 32x32 inputs: widths ``(16, 32, 64) * width``, three blocks per stage.
+
+    The CIFAR ResNet that Git Re-Basin and REPAIR fuse (x1: 272,474 parameters; x4 as their
+    wide variant): a bias-free 3x3 stem with BatchNorm, basic blocks, 1x1 conv + BN shortcuts
+    where the stage changes, global average pool and a linear head.
+    """
     return ResNet([16 * width, 32 * width, 64 * width], [3, 3, 3], in_channels=in_channels,
                   num_classes=num_classes, batch_norm=batch_norm)
 

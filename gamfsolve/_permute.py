@@ -69,24 +69,44 @@ def axis_index(
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces)
 
 
+def _check_fit(segs: tuple[Segment, ...], length: int, plans: Mapping[str, Array]) -> dict[str, int]:
+    """Unit counts of the groups on an axis; maps whose sizes do not add up to its length are refused."""
+    known = {g: int(p.shape[0]) for g, p in plans.items()}
+    sizes = run_sizes(segs, length, known)
+    if sum(_segment_lengths(segs, length, sizes)) != length:
+        raise FusionError(
+            f"maps of groups {known} (units each) do not fit an axis of length {length} laid out as "
+            f"{[(s.group, s.outer, s.inner) if s.group else s.outer for s in segs]}"
+        )
+    return sizes
+
+
 def _apply_plan(x: Array, axis: int, entry: AxisEntry, plans: Mapping[str, Array], xp: Any) -> Array:
-    """Contract an axis with soft plans: ``new[.., u, ..] = sum_a plan[a, u] x[.., a, ..]``."""
+    """Contract an axis with soft plans: ``new[.., u, ..] = sum_a plan[a, u] x[.., a, ..]``.
+
+    A 1-D map (an index vector beside plans, or for only some of the axis's groups) reorders
+    its run with ``take``; runs of groups without a map are kept as they are.
+    """
     segs = segments_of(entry)
     moved = xp.moveaxis(x, axis, -1)
     lead = moved.shape[:-1]
-    sizes = run_sizes(segs, moved.shape[-1], {g: p.shape[0] for g, p in plans.items()})
+    sizes = _check_fit(segs, moved.shape[-1], plans)
     out = []
     offset = 0
     for seg, seg_len in zip(segs, _segment_lengths(segs, moved.shape[-1], sizes), strict=True):
         part = moved[..., offset : offset + seg_len]
         offset += seg_len
         if seg.group is not None and seg.group in plans:
-            n = sizes[seg.group]
-            part = xp.moveaxis(xp.reshape(part, (*lead, seg.outer, n, seg.inner)), -2, -1)
-            shape = part.shape
-            # one (rows, n) @ (n, n) product, not a stack of row-vector products
-            part = xp.reshape(xp.reshape(part, (-1, n)) @ plans[seg.group], shape)
-            part = xp.reshape(xp.moveaxis(part, -1, -2), (*lead, seg_len))
+            n, m = sizes[seg.group], plans[seg.group]
+            part = xp.reshape(part, (*lead, seg.outer, n, seg.inner))
+            if m.ndim == 1:
+                part = xp.take(part, xp.astype(m, xp.int64), axis=len(lead) + 1)
+            else:
+                part = xp.moveaxis(part, -2, -1)
+                shape = part.shape
+                # one (rows, n) @ (n, n) product, not a stack of row-vector products
+                part = xp.moveaxis(xp.reshape(xp.reshape(part, (-1, n)) @ m, shape), -1, -2)
+            part = xp.reshape(part, (*lead, seg_len))
         out.append(part)
     joined = out[0] if len(out) == 1 else xp.concat(out, axis=-1)
     return xp.moveaxis(joined, -1, axis)
@@ -111,6 +131,8 @@ def apply_maps(
         present = {g: maps[g] for g in groups if g in maps}
         if not present:
             continue
+        if own is not None and all(m.ndim == 1 for m in present.values()):  # groups without a map stay put
+            present = {g: present.get(g, xp.arange(own[g], dtype=xp.int64, device=dev)) for g in groups}
         if all(m.ndim == 1 for m in present.values()) and len(present) == len(set(groups)):
             grows = own is not None and any(m.shape[0] > own.get(g, m.shape[0]) for g, m in present.items())
             idx = axis_index(entry, x.shape[a], present, xp, dev, own=own)
@@ -157,10 +179,18 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     xp = namespace(*arrays, *perms.values())
     sizes = spec.group_sizes({k: tuple(v.shape) for k, v in params.items()})
     for g, p in perms.items():
+        if not xp.isdtype(p.dtype, "integral"):
+            raise FusionError(f"perms[{g!r}] must be an integer index vector, got dtype {p.dtype}")
         if p.ndim != 1 or p.shape[0] < sizes[g]:
             raise FusionError(
                 f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]} (or longer, to place the "
                 f"model into a universe), got shape {tuple(p.shape)}"
             )
         _check_permutation(g, p, xp)
-    return {name: apply_maps(x, spec.axes[name], perms, xp, own=sizes) for name, x in params.items()}
+    out = {}
+    for name, x in params.items():
+        try:
+            out[name] = apply_maps(x, spec.axes[name], perms, xp, own=sizes)
+        except FusionError as exc:
+            raise FusionError(f"parameter {name!r}: {exc}") from exc
+    return out
