@@ -179,8 +179,6 @@ def permute(params: Mapping[str, Array], spec: PermutationSpec, perms: Mapping[s
     xp = namespace(*arrays, *perms.values())
     sizes = spec.group_sizes({k: tuple(v.shape) for k, v in params.items()})
     for g, p in perms.items():
-        if not xp.isdtype(p.dtype, "integral"):
-            raise FusionError(f"perms[{g!r}] must be an integer index vector, got dtype {p.dtype}")
         if p.ndim != 1 or p.shape[0] < sizes[g]:
             raise FusionError(
                 f"perms[{g!r}] must be a 1-D index vector of length {sizes[g]} (or longer, to place the "
