@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,66 +11,19 @@ import pytest
 pytest.importorskip("flwr")
 torch = pytest.importorskip("torch")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flower_helpers import LOGGER, SPEC, as_numpy, server_identity  # noqa: E402, F401
+from flower_helpers import forward as _forward  # noqa: E402
+from flower_helpers import model as _model  # noqa: E402
+from flower_helpers import permuted as _permuted  # noqa: E402
+from flower_helpers import reply as _reply  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from gamfsolve.adapters.flower import FedGAMF, make_client_app, moon_loss, train_local  # noqa: E402
 
 import gamfsolve  # noqa: E402
-from gamfsolve import FusionError, mlp_spec  # noqa: E402
+from gamfsolve import FusionError  # noqa: E402
 
-SPEC = mlp_spec(2)  # layers.0: (8, 4), layers.1: (3, 8); hidden group h0
-LOGGER = "gamfsolve.adapters.flower"
-
-
-@pytest.fixture(autouse=True)
-def _server_identity() -> Iterator[None]:
-    """Flower only builds Messages inside a task: pose as the ServerApp of run 1 (restored after)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def _model(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "layers.0.weight": rng.normal(size=(8, 4)).astype(np.float32),
-        "layers.0.bias": rng.normal(size=8).astype(np.float32),
-        "layers.1.weight": rng.normal(size=(3, 8)).astype(np.float32),
-        "layers.1.bias": rng.normal(size=3).astype(np.float32),
-        "steps": np.array(seed + 7, dtype=np.int64),
-    }
-
-
-def _permuted(model: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
-    out = dict(model)
-    out["layers.0.weight"] = model["layers.0.weight"][perm]
-    out["layers.0.bias"] = model["layers.0.bias"][perm]
-    out["layers.1.weight"] = model["layers.1.weight"][:, perm]
-    return out
-
-
-def _forward(m: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = np.maximum(x @ m["layers.0.weight"].T + m["layers.0.bias"], 0)
-    return h @ m["layers.1.weight"].T + m["layers.1.bias"]
-
-
-def _reply(
-    node: int, arrays: dict[str, np.ndarray] | None, n: float | None = 10, *, error: str | None = None
-) -> Message:
-    instruction = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    if error is not None:
-        return Message(Error(code=1, reason=error), reply_to=instruction)
-    content = RecordDict()
-    if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
-    content["metrics"] = MetricRecord({} if n is None else {"num-examples": n})
-    return Message(content=content, reply_to=instruction)
-
-
-def _np(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+_np = as_numpy
 
 
 def test_average_method_equals_fedavg_and_keeps_keys() -> None:
