@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import torch
@@ -68,20 +68,29 @@ def train_local(
     global_model: nn.Module | None = None,
     previous_model: nn.Module | None = None,
     seed: int | None = None,
+    frozen: Collection[str] = (),
 ) -> float:
     """Train ``model`` in place with Adam on ``(x, y)``; return the mean training loss.
 
     With ``mu > 0`` the MOON term is added, comparing with ``global_model`` (required) and
-    ``previous_model`` (defaults to the global model, as in MOON's first round).
+    ``previous_model`` (defaults to the global model, as in MOON's first round). Parameters
+    named in ``frozen`` (``model.named_parameters()`` names) are not trained (FedMA's matched layers).
     """
     if mu > 0 and global_model is None:
         raise FusionError("MOON (mu > 0) needs the global model")
-    frozen = [m for m in (global_model, previous_model) if m is not None]
-    for m in frozen:
-        m.eval()
+    named = dict(model.named_parameters())
+    unknown = sorted(set(frozen) - set(named))
+    if unknown:
+        raise FusionError(f"frozen names parameters {unknown} that {type(model).__name__} does not have")
+    for m in (global_model, previous_model):
+        if m is not None:
+            m.eval()
     previous_model = previous_model if previous_model is not None else global_model
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    trainable = [p for name, p in named.items() if name not in frozen]
+    if not trainable:  # nothing to train: the loss of the model as it is
+        return evaluate_model(model, x, y)[0]
+    opt = torch.optim.Adam(trainable, lr=lr)
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -150,7 +159,8 @@ def make_client_app(
     reply carries the state dict and ``{"train-loss", "num-examples"}``; the evaluate reply
     ``{"loss", "accuracy", "num-examples"}`` on ``eval_data_fn`` (default: the training data).
     The config keys ``local-epochs``, ``lr``, ``mu`` and ``algorithm`` override the defaults per
-    round. MOON keeps the previous local model in ``context.state`` (and reports
+    round; ``frozen`` (a list of parameter names) keeps those parameters fixed (FedMA's
+    clients). MOON keeps the previous local model in ``context.state`` (and reports
     ``moon-had-previous``); round 1 starts a new run, so a model kept from an earlier run in the
     same simulation (several ``strategy.start`` calls) is not used as the negative.
     """
@@ -188,6 +198,7 @@ def make_client_app(
             lr=float(cfg.get("lr", lr)),
             batch_size=batch_size,
             seed=seed * 1_000_003 + int(cfg.get("server-round", 0)) * 1009 + partition,
+            frozen=[str(n) for n in cfg.get("frozen", [])],
             **extra,
         )
         state = ArrayRecord(model.state_dict())

@@ -38,9 +38,10 @@ from gamfsolve import METHODS, ConvergenceWarning, FusionError, MatchResult, Per
 from ._flower_base import ScreenedStrategy, Weighting
 from ._flower_checks import Accepted
 from ._flower_client import evaluate_model, make_client_app, moon_loss, train_local
+from ._flower_fedma import FedMA
 from ._flower_norms import DEFAULT_NORM_SCREEN
 
-__all__ = ["FedGAMF", "evaluate_model", "make_client_app", "moon_loss", "train_local"]
+__all__ = ["FedGAMF", "FedMA", "evaluate_model", "make_client_app", "moon_loss", "train_local"]
 
 logger = logging.getLogger("gamfsolve.adapters.flower")
 

@@ -50,7 +50,7 @@ def test_uniform_weighting() -> None:
     np.testing.assert_allclose(_np(out)["layers.1.bias"], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gamf", "weight_matching"])
+@pytest.mark.parametrize("method", ["gamf", "weight_matching", "ot"])
 def test_alignment_undoes_a_permutation(method: str) -> None:
     if method not in gamfsolve.METHODS:
         pytest.skip(f"{method} is not registered yet")
