@@ -39,11 +39,18 @@ class ScreenedStrategy(FedAvg):
     Subclasses implement :meth:`fuse`. Parameters: ``weighting`` (``"examples"``: by the
     ``weighted_by_key`` metric, FedAvg's convention; ``"uniform"``), ``norm_screen`` (the
     update-norm screen's threshold, default 10.0; ``None`` turns it off; see
-    :mod:`gamfsolve.adapters._flower_norms`), and FedAvg's options.
+    :mod:`gamfsolve.adapters._flower_norms`), ``narrower`` (accept clients whose arrays are
+    smaller than the global model's along some axes: clients of smaller widths; the fused
+    model must still have the global model's shapes), and FedAvg's options.
     """
 
     def __init__(
-        self, *, weighting: Weighting = "examples", norm_screen: float | None = DEFAULT_NORM_SCREEN, **fedavg_options: Any
+        self,
+        *,
+        weighting: Weighting = "examples",
+        norm_screen: float | None = DEFAULT_NORM_SCREEN,
+        narrower: bool = False,
+        **fedavg_options: Any,
     ) -> None:
         if weighting not in ("examples", "uniform"):
             raise FusionError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
@@ -52,6 +59,7 @@ class ScreenedStrategy(FedAvg):
         super().__init__(**fedavg_options)
         self.weighting: Weighting = weighting
         self.norm_screen = None if norm_screen is None else float(norm_screen)
+        self.narrower = bool(narrower)
         self._reference: Signature | None = None
         self._global: dict[str, np.ndarray] | None = None
 
@@ -73,6 +81,7 @@ class ScreenedStrategy(FedAvg):
             weight_key=self.weighted_by_key,
             need_weight=self.weighting == "examples",
             server_round=server_round,
+            narrower=self.narrower,
         )
         accepted = screen_update_norms(accepted, self._global, self.norm_screen, server_round=server_round)
         needed = max(self.min_train_nodes, 1)
@@ -91,6 +100,11 @@ class ScreenedStrategy(FedAvg):
             return None, None
         if fused is None:
             return None, None
+        if self._reference is not None:
+            shapes = {k: tuple(v.shape) for k, v in fused.items()}
+            if shapes != {k: s for k, (s, _) in self._reference.items()}:
+                logger.warning("round %d: the fused model's shapes differ from the global model's; it is kept", server_round)
+                return None, None
         bad = [k for k, v in fused.items() if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
         if bad:
             logger.warning("round %d: the fused model has NaN/Inf in %s; the global model is kept", server_round, bad)

@@ -99,10 +99,17 @@ def _arrays(content: RecordDict) -> dict[str, np.ndarray] | str:
         return f"arrays could not be decoded ({exc})"
 
 
-def conform(arrays: Mapping[str, np.ndarray], reference: Signature) -> dict[str, np.ndarray] | str:
+def _fits(shape: tuple[int, ...], reference: tuple[int, ...], narrower: bool) -> bool:
+    if shape == reference:
+        return True
+    return narrower and len(shape) == len(reference) and all(0 < s <= r for s, r in zip(shape, reference, strict=True))
+
+
+def conform(arrays: Mapping[str, np.ndarray], reference: Signature, *, narrower: bool = False) -> dict[str, np.ndarray] | str:
     """``arrays`` with the reference's keys, shapes and dtypes (cast where safe), or why not.
 
-    A floating array with NaN/Inf never conforms.
+    With ``narrower``, an array may be smaller than the reference's along any axis (a client
+    of smaller width). A floating array with NaN/Inf never conforms.
     """
     if set(arrays) != set(reference):
         missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
@@ -110,8 +117,8 @@ def conform(arrays: Mapping[str, np.ndarray], reference: Signature) -> dict[str,
     out: dict[str, np.ndarray] = {}
     for name, (shape, dtype) in reference.items():
         x = arrays[name]
-        if tuple(x.shape) != shape:
-            return f"{name!r} has shape {tuple(x.shape)}, expected {shape}"
+        if not _fits(tuple(x.shape), shape, narrower):
+            return f"{name!r} has shape {tuple(x.shape)}, expected {shape}" + (" or narrower" if narrower else "")
         y = _cast(name, x, np.dtype(dtype))
         if isinstance(y, str):
             return y
@@ -122,7 +129,13 @@ def conform(arrays: Mapping[str, np.ndarray], reference: Signature) -> dict[str,
 
 
 def screen_replies(
-    replies: Iterable[Message], reference: Signature | None, *, weight_key: str, need_weight: bool, server_round: int
+    replies: Iterable[Message],
+    reference: Signature | None,
+    *,
+    weight_key: str,
+    need_weight: bool,
+    server_round: int,
+    narrower: bool = False,
 ) -> list[Accepted]:
     """The replies fit to aggregate; every rejected one is logged at WARNING level.
 
@@ -148,7 +161,7 @@ def screen_replies(
         reference = next(signature_of(a) for _, a, _, _ in decoded if repr(sorted(signature_of(a).items())) == common)
     accepted: list[Accepted] = []
     for node, arrays, weight, content in decoded:
-        fitted = conform(arrays, reference) if reference is not None else arrays
+        fitted = conform(arrays, reference, narrower=narrower) if reference is not None else arrays
         if isinstance(fitted, str):
             logger.warning("round %d: node %d left out: %s", server_round, node, fitted)
             continue

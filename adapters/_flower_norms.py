@@ -32,11 +32,18 @@ DEFAULT_NORM_SCREEN = 10.0
 
 
 def update_distance(arrays: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]) -> float:
-    """Euclidean distance (float64) between two models over their floating-point arrays of equal shape."""
+    """Euclidean distance (float64) between two models over their floating-point arrays.
+
+    A narrower array is compared with the leading slice of the previous one (a client of
+    smaller width gets and returns that slice).
+    """
     total = 0.0
     for name, x in arrays.items():
         g = previous.get(name)
-        if g is None or not np.issubdtype(x.dtype, np.floating) or g.shape != x.shape:
+        if g is None or not np.issubdtype(x.dtype, np.floating) or g.ndim != x.ndim:
+            continue
+        g = g[tuple(slice(0, n) for n in x.shape)]
+        if g.shape != x.shape:
             continue
         d = x.astype(np.float64) - g.astype(np.float64)
         scale = float(np.max(np.abs(d))) if d.size else 0.0

@@ -37,11 +37,11 @@ from gamfsolve import METHODS, ConvergenceWarning, FusionError, MatchResult, Per
 
 from ._flower_base import ScreenedStrategy, Weighting
 from ._flower_checks import Accepted
-from ._flower_client import evaluate_model, make_client_app, moon_loss, train_local
+from ._flower_client import evaluate_model, load_leading, make_client_app, moon_loss, train_local
 from ._flower_fedma import FedMA
 from ._flower_norms import DEFAULT_NORM_SCREEN
 
-__all__ = ["FedGAMF", "FedMA", "evaluate_model", "make_client_app", "moon_loss", "train_local"]
+__all__ = ["FedGAMF", "FedMA", "evaluate_model", "load_leading", "make_client_app", "moon_loss", "train_local"]
 
 logger = logging.getLogger("gamfsolve.adapters.flower")
 
@@ -86,6 +86,12 @@ class FedGAMF(ScreenedStrategy):
         Threshold of the update-norm screen (default 10.0; ``None``: off). A client is left
         out when its distance to the previous global model exceeds
         ``m + norm_screen * max(1.4826 * MAD, m)``, ``m`` the round's lower median distance.
+    narrower : bool
+        Accept clients of smaller widths (each array's leading slice of the global model's, as
+        :func:`load_leading` gives them). :func:`gamfsolve.match` matches them in the universe of
+        the widest, and :func:`gamfsolve.merge` averages each entry over the clients that have
+        it; with ``method="average"`` this is HeteroFL's slice averaging. The widest client
+        must take part: a round whose fused model is narrower than the global one keeps it.
     **fedavg_options
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -100,13 +106,14 @@ class FedGAMF(ScreenedStrategy):
         seed: int | None = None,
         match_options: Mapping[str, Any] | None = None,
         norm_screen: float | None = DEFAULT_NORM_SCREEN,
+        narrower: bool = False,
         **fedavg_options: Any,
     ) -> None:
         if not isinstance(spec, PermutationSpec):
             raise FusionError(f"spec must be a gamfsolve.PermutationSpec, got {type(spec).__name__}")
         if method not in METHODS:
             raise FusionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-        super().__init__(weighting=weighting, norm_screen=norm_screen, **fedavg_options)
+        super().__init__(weighting=weighting, norm_screen=norm_screen, narrower=narrower, **fedavg_options)
         self.spec = spec
         self.method = method
         self.seed = seed

@@ -208,3 +208,54 @@ def test_match_log_records_each_fused_round() -> None:
     strategy.aggregate_train(1, [_reply(1, base), _reply(2, _permuted(base, perm))])
     strategy.aggregate_train(2, [_reply(1, base), _reply(2, base)])
     assert [(m["round"], m["clients"], m["permuted"]) for m in strategy.match_log] == [(1, 2, 1), (2, 2, 0)]
+
+
+def _narrow(m: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """``m`` cut to its first ``n`` hidden units (a client of smaller width)."""
+    return {**m, "layers.0.weight": m["layers.0.weight"][:n], "layers.0.bias": m["layers.0.bias"][:n],
+            "layers.1.weight": m["layers.1.weight"][:, :n]}
+
+
+@pytest.mark.parametrize("method", ["average", "gamf", "ot"])
+def test_clients_of_smaller_width_are_fused_into_the_widest(method: str, caplog: pytest.LogCaptureFixture) -> None:
+    from flower_helpers import FakeGrid
+
+    wide, narrow = _model(0), _narrow(_model(1), 6)
+    strategy = FedGAMF(SPEC, method=method, seed=0, narrower=True)
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in wide.items()}), ConfigRecord(), FakeGrid([1, 2]))  # type: ignore[arg-type]
+    out, _ = strategy.aggregate_train(1, [_reply(1, wide), _reply(2, narrow)])
+    assert out is not None and _np(out)["layers.0.weight"].shape == (8, 4)
+    if method == "average":  # HeteroFL: the shared leading units averaged, the rest the wide client's
+        got = _np(out)["layers.0.weight"]
+        np.testing.assert_allclose(got[:6], (wide["layers.0.weight"][:6] + narrow["layers.0.weight"]) / 2, rtol=1e-6)
+        np.testing.assert_allclose(got[6:], wide["layers.0.weight"][6:], rtol=1e-6)
+    plain = FedGAMF(SPEC, method=method, seed=0, min_train_nodes=1)
+    plain.configure_train(1, ArrayRecord({k: Array(v) for k, v in wide.items()}), ConfigRecord(), FakeGrid([1, 2]))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        plain.aggregate_train(1, [_reply(1, wide), _reply(2, narrow)])
+    assert "node 2 left out" in caplog.text and "shape" in caplog.text
+
+
+def test_load_leading_and_fresh_initialisation() -> None:
+    from flwr.app import Context
+    from gamfsolve.adapters.flower import load_leading
+
+    big, small = torch.nn.Linear(4, 8), torch.nn.Linear(4, 6)
+    load_leading(small, ArrayRecord(big.state_dict()))
+    assert torch.equal(small.weight, big.weight[:6]) and torch.equal(small.bias, big.bias[:6])
+    with pytest.raises(FusionError, match="does not contain"):
+        load_leading(big, ArrayRecord(small.state_dict()))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    app = make_client_app(_Tiny, lambda context: (x, y), epochs=0)  # no training: the reply is the start model
+    sent = _Tiny().state_dict()
+
+    def start(config: dict, partition: int) -> dict:
+        msg = Message(content=RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord(config)}),
+                      dst_node_id=1, message_type=MessageType.TRAIN)
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": partition}, state=RecordDict(), run_config={})
+        return app(msg, context).content["arrays"].to_torch_state_dict()
+
+    assert torch.equal(start({"server-round": 1}, 0)["body.weight"], sent["body.weight"])
+    fresh = [start({"server-round": 1, "init-seed": 3}, p)["body.weight"] for p in (0, 0, 1)]
+    assert not torch.equal(fresh[0], sent["body.weight"]) and torch.equal(fresh[0], fresh[1])
+    assert not torch.equal(fresh[0], fresh[2])  # each partition its own initialisation
