@@ -125,7 +125,7 @@ def section(name: str, res: dict[str, Any], methods: list[str], out: Path) -> li
     st = cfg["setting"]
     names = [m for m in methods if any(r["method"] == m for r in runs)]
     figure(runs, names, name, out / f"accuracy-{name}.png")
-    epochs = f"{st['epochs']} local epochs" + (f" ({st['first_epochs']} in round 1)" if st.get("first_epochs") else "")
+    epochs = f"{st['epochs']} local epoch(s)" + (f" ({st['first_epochs']} in round 1)" if st.get("first_epochs") else "")
     lines = [f"## {name}: {DESCRIPTION[name]}", "",
              f"{st['rounds']} rounds, {epochs}; command: `{cfg['command']}`; "
              f"{sum(r.get('seconds', 0) for r in runs) / 60:.1f} min of runs.", ""]
