@@ -127,7 +127,7 @@ def section(name: str, res: dict[str, Any], methods: list[str], out: Path) -> li
     figure(runs, names, name, out / f"accuracy-{name}.png")
     epochs = f"{st['epochs']} local epoch(s)" + (f" ({st['first_epochs']} in round 1)" if st.get("first_epochs") else "")
     lines = [f"## {name}: {DESCRIPTION[name]}", "",
-             f"{st['rounds']} rounds, {epochs}; command: `{cfg['command']}`; "
+             f"{st['rounds']} rounds, {epochs}; command(s): `{cfg['command']}`; "
              f"{sum(r.get('seconds', 0) for r in runs) / 60:.1f} min of runs.", ""]
     for alpha in sorted({r["alpha"] for r in runs}, reverse=True):
         sub = [r for r in runs if r["alpha"] == alpha]

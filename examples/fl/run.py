@@ -110,6 +110,14 @@ def _load_cached(path: Path, protocol: dict[str, Any]) -> list[dict[str, Any]]:
     return list(old.get("runs", []))
 
 
+def _earlier_commands(path: Path) -> list[str]:
+    """The commands that made the runs kept from an earlier results file."""
+    try:
+        return [c for c in json.loads(path.read_text())["config"]["command"].split("; ") if c]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return []
+
+
 def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
@@ -119,8 +127,10 @@ def run_setting(setting: Setting, args: argparse.Namespace, command: str) -> dic
     path = args.out / f"results-{setting.name}.json"
     protocol = _protocol(args, setting)
     runs = _load_cached(path, protocol)
+    commands = _earlier_commands(path) if runs else []
     start = time.perf_counter()
-    results: dict[str, Any] = {"config": protocol | {"command": command, "cpus": args.cpus}, "runs": runs,
+    results: dict[str, Any] = {"config": protocol | {"command": "; ".join(dict.fromkeys([*commands, command])),
+                                                     "cpus": args.cpus}, "runs": runs,
                                "load_at_start": _load(), "machine": f"{platform.machine()} {platform.system()}, "
                                f"{os.cpu_count()} CPU cores"}
 
