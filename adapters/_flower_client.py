@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from gamfsolve import FusionError
 
-__all__ = ["evaluate_model", "make_client_app", "moon_loss", "train_local"]
+__all__ = ["evaluate_model", "load_leading", "make_client_app", "moon_loss", "train_local"]
 
 logger = logging.getLogger("gamfsolve.adapters.flower")
 
@@ -68,20 +68,29 @@ def train_local(
     global_model: nn.Module | None = None,
     previous_model: nn.Module | None = None,
     seed: int | None = None,
+    frozen: Collection[str] = (),
 ) -> float:
     """Train ``model`` in place with Adam on ``(x, y)``; return the mean training loss.
 
     With ``mu > 0`` the MOON term is added, comparing with ``global_model`` (required) and
-    ``previous_model`` (defaults to the global model, as in MOON's first round).
+    ``previous_model`` (defaults to the global model, as in MOON's first round). Parameters
+    named in ``frozen`` (``model.named_parameters()`` names) are not trained (FedMA's matched layers).
     """
     if mu > 0 and global_model is None:
         raise FusionError("MOON (mu > 0) needs the global model")
-    frozen = [m for m in (global_model, previous_model) if m is not None]
-    for m in frozen:
-        m.eval()
+    named = dict(model.named_parameters())
+    unknown = sorted(set(frozen) - set(named))
+    if unknown:
+        raise FusionError(f"frozen names parameters {unknown} that {type(model).__name__} does not have")
+    for m in (global_model, previous_model):
+        if m is not None:
+            m.eval()
     previous_model = previous_model if previous_model is not None else global_model
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    trainable = [p for name, p in named.items() if name not in frozen]
+    if not trainable:  # nothing to train: the loss of the model as it is
+        return evaluate_model(model, x, y)[0]
+    opt = torch.optim.Adam(trainable, lr=lr)
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -130,6 +139,32 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(records[0]) if records else {}
 
 
+def load_leading(model: nn.Module, arrays: ArrayRecord) -> None:
+    """Load ``arrays`` into ``model``; an array larger than the model's gives its leading slice.
+
+    For a narrower client (HeteroFL's convention, used for clients of different widths): each
+    axis keeps its first units, e.g. a ``(64, 256)`` global weight into a ``(32, 128)`` one.
+    """
+    own = model.state_dict()
+    state = arrays.to_torch_state_dict()
+    for name, x in state.items():
+        want = own.get(name)
+        if want is None or tuple(x.shape) == tuple(want.shape):
+            continue
+        if x.ndim != want.ndim or any(w > g for w, g in zip(want.shape, x.shape, strict=True)):
+            raise FusionError(
+                f"global array {name!r} of shape {tuple(x.shape)} does not contain the model's {tuple(want.shape)}"
+            )
+        state[name] = x[tuple(slice(0, w) for w in want.shape)].clone()
+    model.load_state_dict(state)
+
+
+def _node_model(
+    model_fn: Callable[[], nn.Module], node_model_fn: Callable[[Context], nn.Module] | None, context: Context
+) -> nn.Module:
+    return node_model_fn(context) if node_model_fn is not None else model_fn()
+
+
 def make_client_app(
     model_fn: Callable[[], nn.Module],
     data_fn: DataFn,
@@ -142,6 +177,7 @@ def make_client_app(
     temperature: float = 0.5,
     seed: int = 0,
     eval_data_fn: DataFn | None = None,
+    node_model_fn: Callable[[Context], nn.Module] | None = None,
 ) -> ClientApp:
     """A Flower ``ClientApp`` that trains a PyTorch model locally (plainly or with MOON).
 
@@ -150,7 +186,12 @@ def make_client_app(
     reply carries the state dict and ``{"train-loss", "num-examples"}``; the evaluate reply
     ``{"loss", "accuracy", "num-examples"}`` on ``eval_data_fn`` (default: the training data).
     The config keys ``local-epochs``, ``lr``, ``mu`` and ``algorithm`` override the defaults per
-    round. MOON keeps the previous local model in ``context.state`` (and reports
+    round; ``frozen`` (a list of parameter names) keeps those parameters fixed (FedMA's
+    clients); ``init-seed`` (an int) makes the client train a freshly initialised model (seeded
+    by it and the partition id) instead of the global one: clients from different
+    initialisations, as in one-shot fusion. ``node_model_fn(context)``, if given, builds this
+    node's own model (e.g. a narrower one), into which the global arrays are loaded by leading
+    slices (:func:`load_leading`). MOON keeps the previous local model in ``context.state`` (and reports
     ``moon-had-previous``); round 1 starts a new run, so a model kept from an earlier run in the
     same simulation (several ``strategy.start`` calls) is not used as the negative.
     """
@@ -167,19 +208,23 @@ def make_client_app(
         if int(cfg.get("server-round", 0)) == 1:  # a new run: no previous local model yet
             context.state.pop(PREVIOUS_KEY, None)
         global_arrays = _global_arrays(msg)
-        model = model_fn()
-        model.load_state_dict(global_arrays.to_torch_state_dict())
+        partition = int(context.node_config.get("partition-id", 0))
+        model = _node_model(model_fn, node_model_fn, context)
+        load_leading(model, global_arrays)
+        glob = copy.deepcopy(model)
+        if "init-seed" in cfg:  # a fresh initialisation of this node's own
+            torch.manual_seed(int(cfg["init-seed"]) * 1009 + partition)
+            model = _node_model(model_fn, node_model_fn, context)
         x, y = data_fn(context)
         extra: dict[str, Any] = {}
         if algo == "moon":
-            extra["global_model"] = copy.deepcopy(model)
+            extra["global_model"] = glob
             if PREVIOUS_KEY in context.state:
-                previous = model_fn()
+                previous = _node_model(model_fn, node_model_fn, context)
                 previous.load_state_dict(context.state[PREVIOUS_KEY].to_torch_state_dict())  # type: ignore[union-attr]
                 extra["previous_model"] = previous
             extra["mu"] = float(cfg.get("mu", mu))
             extra["temperature"] = temperature
-        partition = int(context.node_config.get("partition-id", 0))
         loss = train_local(
             model,
             x,
@@ -188,6 +233,7 @@ def make_client_app(
             lr=float(cfg.get("lr", lr)),
             batch_size=batch_size,
             seed=seed * 1_000_003 + int(cfg.get("server-round", 0)) * 1009 + partition,
+            frozen=[str(n) for n in cfg.get("frozen", [])],
             **extra,
         )
         state = ArrayRecord(model.state_dict())
@@ -200,8 +246,8 @@ def make_client_app(
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        model = model_fn()
-        model.load_state_dict(_global_arrays(msg).to_torch_state_dict())
+        model = _node_model(model_fn, node_model_fn, context)
+        load_leading(model, _global_arrays(msg))
         x, y = (eval_data_fn or data_fn)(context)
         loss, acc = evaluate_model(model, x, y)
         metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(y)})

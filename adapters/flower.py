@@ -28,43 +28,44 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
-from gamfsolve import METHODS, ConvergenceWarning, FusionError, PermutationSpec, match, merge
+from gamfsolve import METHODS, ConvergenceWarning, FusionError, MatchResult, PermutationSpec, match, merge
 
-from ._flower_checks import Accepted, Signature, screen_replies, signature_of
-from ._flower_client import evaluate_model, make_client_app, moon_loss, train_local
+from ._flower_base import ScreenedStrategy, Weighting
+from ._flower_checks import Accepted
+from ._flower_client import evaluate_model, load_leading, make_client_app, moon_loss, train_local
+from ._flower_fedma import FedMA
+from ._flower_norms import DEFAULT_NORM_SCREEN
 
-__all__ = ["FedGAMF", "evaluate_model", "make_client_app", "moon_loss", "train_local"]
+__all__ = ["FedGAMF", "FedMA", "evaluate_model", "load_leading", "make_client_app", "moon_loss", "train_local"]
 
 logger = logging.getLogger("gamfsolve.adapters.flower")
 
-Weighting = Literal["examples", "uniform"]
-
-
-class FedGAMF(FedAvg):
+class FedGAMF(ScreenedStrategy):
     """FedAvg whose aggregation first aligns the client models (GAMF by default).
 
     Each round, the valid client replies are put into one unit order with
     :func:`gamfsolve.match` on the server's NumPy copies of their arrays (state-dict keys
     kept), then averaged. Floating-point arrays named in ``spec`` are fused; other arrays
     (integer counters such as BatchNorm's ``num_batches_tracked``) are copied from the first
-    valid client.
+    valid client. ``method="ot"`` is OTFusion's aggregation (Singh & Jaggi 2020),
+    ``method="average"`` FedAvg's.
 
     ``match_log`` lists, per fused round, the number of clients, the matching's iterations,
     convergence and seconds, and how many models it put in another unit order than the first
     (``permuted``; 0: the aggregate is FedAvg's, up to one relabelling of all units).
 
-    Robustness: a client whose reply carries an error, NaN/Inf, a wrong shape, a wrong key
-    set or no usable example count is left out of that round (logged at WARNING level). A
-    round with fewer than ``min_train_nodes`` valid replies, or whose fused model would not be
-    finite, keeps the previous global model (Flower keeps it when the aggregate is ``None``).
+    Robustness (:class:`~gamfsolve.adapters._flower_base.ScreenedStrategy`): a client whose
+    reply carries an error, NaN/Inf, a wrong shape or key set, a dtype that cannot be cast
+    safely to the global model's, no usable example count, or an update far larger than the
+    round's others (``norm_screen``) is left out of that round with a WARNING; example counts
+    are normalised without overflow. A round with fewer than ``min_train_nodes`` valid
+    replies, whose matching fails, or whose fused model would not be finite keeps the previous
+    global model (Flower keeps it when the aggregate is ``None``).
 
     Parameters
     ----------
@@ -81,6 +82,16 @@ class FedGAMF(FedAvg):
         Seed for randomised matchings; round ``r`` uses ``seed + r``.
     match_options : mapping, optional
         Extra keyword options for the method (see :func:`gamfsolve.match`).
+    norm_screen : float or None
+        Threshold of the update-norm screen (default 10.0; ``None``: off). A client is left
+        out when its distance to the previous global model exceeds
+        ``m + norm_screen * max(1.4826 * MAD, m)``, ``m`` the round's lower median distance.
+    narrower : bool
+        Accept clients of smaller widths (each array's leading slice of the global model's, as
+        :func:`load_leading` gives them). :func:`gamfsolve.match` matches them in the universe of
+        the widest, and :func:`gamfsolve.merge` averages each entry over the clients that have
+        it; with ``method="average"`` this is HeteroFL's slice averaging. The widest client
+        must take part: a round whose fused model is narrower than the global one keeps it.
     **fedavg_options
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -94,21 +105,19 @@ class FedGAMF(FedAvg):
         weighting: Weighting = "examples",
         seed: int | None = None,
         match_options: Mapping[str, Any] | None = None,
+        norm_screen: float | None = DEFAULT_NORM_SCREEN,
+        narrower: bool = False,
         **fedavg_options: Any,
     ) -> None:
         if not isinstance(spec, PermutationSpec):
             raise FusionError(f"spec must be a gamfsolve.PermutationSpec, got {type(spec).__name__}")
         if method not in METHODS:
             raise FusionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-        if weighting not in ("examples", "uniform"):
-            raise FusionError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
-        super().__init__(**fedavg_options)
+        super().__init__(weighting=weighting, norm_screen=norm_screen, narrower=narrower, **fedavg_options)
         self.spec = spec
         self.method = method
-        self.weighting: Weighting = weighting
         self.seed = seed
         self.match_options = dict(match_options or {})
-        self._reference: Signature | None = None
         self.match_log: list[dict[str, Any]] = []  # per fused round: clients, iterations, convergence, seconds
 
     @classmethod
@@ -121,59 +130,28 @@ class FedGAMF(FedAvg):
     def summary(self) -> None:
         """Log FedAvg's summary plus the alignment settings."""
         super().summary()
-        logger.info("FedGAMF: method=%s, weighting=%s, %d spec entries", self.method, self.weighting, len(self.spec))
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """FedAvg's configuration; the global model's structure is kept to check replies against."""
-        self._reference = signature_of({k: v.numpy() for k, v in arrays.items()})
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies, align the valid models, and average them."""
-        accepted = screen_replies(
-            replies,
-            self._reference,
-            weight_key=self.weighted_by_key,
-            need_weight=self.weighting == "examples",
-            server_round=server_round,
+        logger.info(
+            "FedGAMF: method=%s, weighting=%s, norm_screen=%s, %d spec entries",
+            self.method, self.weighting, self.norm_screen, len(self.spec),
         )
-        needed = max(self.min_train_nodes, 1)
-        if len(accepted) < needed:
-            logger.warning(
-                "round %d: %d valid client update(s), fewer than the minimum %d; the global model is kept",
-                server_round,
-                len(accepted),
-                needed,
-            )
-            return None, None
-        fused = self._fuse(server_round, accepted)
-        if fused is None:
-            return None, None
-        return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in fused.items()}), self._metrics(accepted)
 
-    def _fuse(self, server_round: int, accepted: list[Accepted]) -> dict[str, np.ndarray] | None:
-        """Aligned weighted average of the accepted models; None if it is not finite."""
+    def check_setup(self, accepted: list[Accepted]) -> None:
+        """The spec must cover every floating-point array of the model."""
+        _restrict(self.spec, _floats(accepted[0].arrays))
+
+    def fuse(
+        self, server_round: int, accepted: list[Accepted], weights: list[float] | None
+    ) -> dict[str, np.ndarray] | None:
+        """Aligned weighted average of the accepted models (non-floating arrays: the first client's)."""
         first = accepted[0].arrays
-        floats = [k for k, v in first.items() if np.issubdtype(v.dtype, np.floating)]
-        weights = [a.weight for a in accepted] if self.weighting == "examples" else None
+        floats = _floats(first)
         models = [{k: a.arrays[k] for k in floats} for a in accepted]
         spec = _restrict(self.spec, floats)
         if len(models) == 1:
             fused = dict(models[0])
         else:
             seed = None if self.seed is None else self.seed + server_round
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                result = match(models, spec, method=self.method, weights=weights, seed=seed, **self.match_options)
-            for w in caught:  # a solver's warnings go to the log, once per round; others are re-issued
-                if issubclass(w.category, ConvergenceWarning):
-                    logger.warning("round %d: %s", server_round, w.message)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            result = self._match(server_round, models, spec, weights, seed)
             fused = merge(models, spec, result, weights=weights)
             self.match_log.append(
                 {"round": server_round, "clients": len(models), "n_iter": result.n_iter,
@@ -181,27 +159,31 @@ class FedGAMF(FedAvg):
             )
             logger.info(
                 "round %d: fused %d clients by %s (%d iterations, converged=%s, %.2fs)",
-                server_round,
-                len(models),
-                result.method,
-                result.n_iter,
-                result.converged,
-                result.time,
+                server_round, len(models), result.method, result.n_iter, result.converged, result.time,
             )
-        out = {k: (fused[k] if k in fused else first[k]) for k in first}  # keep the state-dict order
-        bad = [k for k in floats if not np.all(np.isfinite(out[k]))]
-        if bad:
-            logger.warning("round %d: the fused model has NaN/Inf in %s; the global model is kept", server_round, bad)
-            return None
-        return out
+        return {k: (fused[k] if k in fused else first[k]) for k in first}  # keep the state-dict order
 
-    def _metrics(self, accepted: list[Accepted]) -> MetricRecord | None:
-        contents: list[RecordDict] = [a.content for a in accepted]
-        try:
-            return self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        except Exception as exc:  # metrics are advisory: never lose a round's model over them
-            logger.warning("training metrics not aggregated: %s", exc)
-            return None
+    def _match(
+        self, server_round: int, models: list[dict[str, np.ndarray]], spec: PermutationSpec,
+        weights: list[float] | None, seed: int | None,
+    ) -> MatchResult:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            warnings.simplefilter("error", RuntimeWarning)  # overflow in the matching costs: the round fails
+            try:
+                result = match(models, spec, method=self.method, weights=weights, seed=seed, **self.match_options)
+            except RuntimeWarning as exc:
+                raise FloatingPointError(f"{self.method} matching: {exc}") from exc
+        for w in caught:  # a solver's warnings go to the log, once per round; others are re-issued
+            if issubclass(w.category, ConvergenceWarning):
+                logger.warning("round %d: %s", server_round, w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return result
+
+
+def _floats(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    return [k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating)]
 
 
 def _permuted(perms: Mapping[str, Any]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,66 +11,19 @@ import pytest
 pytest.importorskip("flwr")
 torch = pytest.importorskip("torch")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flower_helpers import LOGGER, SPEC, as_numpy, server_identity  # noqa: E402, F401
+from flower_helpers import forward as _forward  # noqa: E402
+from flower_helpers import model as _model  # noqa: E402
+from flower_helpers import permuted as _permuted  # noqa: E402
+from flower_helpers import reply as _reply  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from gamfsolve.adapters.flower import FedGAMF, make_client_app, moon_loss, train_local  # noqa: E402
 
 import gamfsolve  # noqa: E402
-from gamfsolve import FusionError, mlp_spec  # noqa: E402
+from gamfsolve import FusionError  # noqa: E402
 
-SPEC = mlp_spec(2)  # layers.0: (8, 4), layers.1: (3, 8); hidden group h0
-LOGGER = "gamfsolve.adapters.flower"
-
-
-@pytest.fixture(autouse=True)
-def _server_identity() -> Iterator[None]:
-    """Flower only builds Messages inside a task: pose as the ServerApp of run 1 (restored after)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def _model(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "layers.0.weight": rng.normal(size=(8, 4)).astype(np.float32),
-        "layers.0.bias": rng.normal(size=8).astype(np.float32),
-        "layers.1.weight": rng.normal(size=(3, 8)).astype(np.float32),
-        "layers.1.bias": rng.normal(size=3).astype(np.float32),
-        "steps": np.array(seed + 7, dtype=np.int64),
-    }
-
-
-def _permuted(model: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
-    out = dict(model)
-    out["layers.0.weight"] = model["layers.0.weight"][perm]
-    out["layers.0.bias"] = model["layers.0.bias"][perm]
-    out["layers.1.weight"] = model["layers.1.weight"][:, perm]
-    return out
-
-
-def _forward(m: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = np.maximum(x @ m["layers.0.weight"].T + m["layers.0.bias"], 0)
-    return h @ m["layers.1.weight"].T + m["layers.1.bias"]
-
-
-def _reply(
-    node: int, arrays: dict[str, np.ndarray] | None, n: float | None = 10, *, error: str | None = None
-) -> Message:
-    instruction = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    if error is not None:
-        return Message(Error(code=1, reason=error), reply_to=instruction)
-    content = RecordDict()
-    if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
-    content["metrics"] = MetricRecord({} if n is None else {"num-examples": n})
-    return Message(content=content, reply_to=instruction)
-
-
-def _np(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+_np = as_numpy
 
 
 def test_average_method_equals_fedavg_and_keeps_keys() -> None:
@@ -97,7 +50,7 @@ def test_uniform_weighting() -> None:
     np.testing.assert_allclose(_np(out)["layers.1.bias"], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gamf", "weight_matching"])
+@pytest.mark.parametrize("method", ["gamf", "weight_matching", "ot"])
 def test_alignment_undoes_a_permutation(method: str) -> None:
     if method not in gamfsolve.METHODS:
         pytest.skip(f"{method} is not registered yet")
@@ -255,3 +208,54 @@ def test_match_log_records_each_fused_round() -> None:
     strategy.aggregate_train(1, [_reply(1, base), _reply(2, _permuted(base, perm))])
     strategy.aggregate_train(2, [_reply(1, base), _reply(2, base)])
     assert [(m["round"], m["clients"], m["permuted"]) for m in strategy.match_log] == [(1, 2, 1), (2, 2, 0)]
+
+
+def _narrow(m: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """``m`` cut to its first ``n`` hidden units (a client of smaller width)."""
+    return {**m, "layers.0.weight": m["layers.0.weight"][:n], "layers.0.bias": m["layers.0.bias"][:n],
+            "layers.1.weight": m["layers.1.weight"][:, :n]}
+
+
+@pytest.mark.parametrize("method", ["average", "gamf", "ot"])
+def test_clients_of_smaller_width_are_fused_into_the_widest(method: str, caplog: pytest.LogCaptureFixture) -> None:
+    from flower_helpers import FakeGrid
+
+    wide, narrow = _model(0), _narrow(_model(1), 6)
+    strategy = FedGAMF(SPEC, method=method, seed=0, narrower=True)
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in wide.items()}), ConfigRecord(), FakeGrid([1, 2]))  # type: ignore[arg-type]
+    out, _ = strategy.aggregate_train(1, [_reply(1, wide), _reply(2, narrow)])
+    assert out is not None and _np(out)["layers.0.weight"].shape == (8, 4)
+    if method == "average":  # HeteroFL: the shared leading units averaged, the rest the wide client's
+        got = _np(out)["layers.0.weight"]
+        np.testing.assert_allclose(got[:6], (wide["layers.0.weight"][:6] + narrow["layers.0.weight"]) / 2, rtol=1e-6)
+        np.testing.assert_allclose(got[6:], wide["layers.0.weight"][6:], rtol=1e-6)
+    plain = FedGAMF(SPEC, method=method, seed=0, min_train_nodes=1)
+    plain.configure_train(1, ArrayRecord({k: Array(v) for k, v in wide.items()}), ConfigRecord(), FakeGrid([1, 2]))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        plain.aggregate_train(1, [_reply(1, wide), _reply(2, narrow)])
+    assert "node 2 left out" in caplog.text and "shape" in caplog.text
+
+
+def test_load_leading_and_fresh_initialisation() -> None:
+    from flwr.app import Context
+    from gamfsolve.adapters.flower import load_leading
+
+    big, small = torch.nn.Linear(4, 8), torch.nn.Linear(4, 6)
+    load_leading(small, ArrayRecord(big.state_dict()))
+    assert torch.equal(small.weight, big.weight[:6]) and torch.equal(small.bias, big.bias[:6])
+    with pytest.raises(FusionError, match="does not contain"):
+        load_leading(big, ArrayRecord(small.state_dict()))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    app = make_client_app(_Tiny, lambda context: (x, y), epochs=0)  # no training: the reply is the start model
+    sent = _Tiny().state_dict()
+
+    def start(config: dict, partition: int) -> dict:
+        msg = Message(content=RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord(config)}),
+                      dst_node_id=1, message_type=MessageType.TRAIN)
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": partition}, state=RecordDict(), run_config={})
+        return app(msg, context).content["arrays"].to_torch_state_dict()
+
+    assert torch.equal(start({"server-round": 1}, 0)["body.weight"], sent["body.weight"])
+    fresh = [start({"server-round": 1, "init-seed": 3}, p)["body.weight"] for p in (0, 0, 1)]
+    assert not torch.equal(fresh[0], sent["body.weight"]) and torch.equal(fresh[0], fresh[1])
+    assert not torch.equal(fresh[0], fresh[2])  # each partition its own initialisation

@@ -1,4 +1,4 @@
-"""FedGAMF + MOON clients end to end on Flower's simulation runtime (Ray): 2 clients, 2 rounds."""
+"""FedGAMF + MOON clients, then FedMA, end to end on Flower's simulation runtime (Ray): 2 clients."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
-from flwr.app import ArrayRecord, Context, MetricRecord  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
-from gamfsolve.adapters.flower import FedGAMF, evaluate_model, make_client_app  # noqa: E402
+from gamfsolve.adapters.flower import FedGAMF, FedMA, evaluate_model, make_client_app  # noqa: E402
 
 import gamfsolve  # noqa: E402
 
@@ -89,6 +89,17 @@ def test_two_clients_two_rounds_on_ray() -> None:
             timeout=120,  # a crashed client must not leave the server thread waiting for an hour
         )
         store["keys"] = list(model.state_dict())
+        fedma = FedMA(SPEC, seed=0, fraction_evaluate=0.0)  # layers h, z, out: 3 layer-wise rounds, then FedAvg
+        store["fedma"] = fedma.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=4,
+            train_config=ConfigRecord({"algorithm": "local"}),
+            evaluate_fn=evaluate_fn,
+            timeout=120,
+        )
+        store["fedma_log"] = fedma.match_log
+        store["fedma_stage"] = fedma.stage
 
     run_simulation(
         server_app=server,
@@ -106,3 +117,9 @@ def test_two_clients_two_rounds_on_ray() -> None:
     # MOON kept each client's previous model across rounds in its Context.
     assert result.train_metrics_clientapp[1]["moon-had-previous"] == 0.0
     assert result.train_metrics_clientapp[2]["moon-had-previous"] == pytest.approx(1.0)
+    # FedMA matched h, then z, averaged the classifier, then ran a FedAvg round
+    fedma = store["fedma"]
+    assert [m["group"] for m in store["fedma_log"]] == ["h", "z"] and store["fedma_stage"] == 3
+    assert sorted(fedma.evaluate_metrics_serverapp) == [0, 1, 2, 3, 4]
+    assert all(np.all(np.isfinite(a.numpy())) for a in fedma.arrays.values())
+    assert fedma.evaluate_metrics_serverapp[4]["accuracy"] > 0.5

@@ -1,5 +1,5 @@
-"""Shared pieces of the federated-learning example: a small CNN with a MOON projection head,
-its permutation spec, and Dirichlet-split MNIST partitions."""
+"""Shared pieces of the federated-learning example: a small CNN with a MOON projection head
+(at any hidden width), its permutation spec, and Dirichlet-split MNIST / Fashion-MNIST partitions."""
 
 from __future__ import annotations
 
@@ -10,26 +10,34 @@ import torch
 from torch import nn
 
 import gamfsolve
+import gamfsolve.datasets
 from gamfsolve import Blocks, conv, dense, make_spec
-from gamfsolve.datasets import dirichlet_split, load_images
+from gamfsolve.datasets import dirichlet_split, load_fashion_mnist, load_images
+
+
+def hidden_widths(width: float) -> tuple[int, int, int, int]:
+    """Channels of conv1, conv2 and units of fc1, proj at a width multiplier (1.0: 6, 16, 64, 32)."""
+    return tuple(max(1, round(n * width)) for n in (6, 16, 64, 32))  # type: ignore[return-value]
 
 
 class SmallCNN(nn.Module):
     """conv(1->6,5) - pool - conv(6->16,5) - pool - fc 64 - projection 32 (MOON's z) - fc 10.
 
-    Works for 28x28 MNIST (and the 8x8 digits fallback, with ``size=8``).
+    Works for 28x28 MNIST (and the 8x8 digits fallback, with ``size=8``); ``width`` scales
+    every hidden layer (0.5: 3, 8, 32, 16).
     """
 
-    def __init__(self, size: int = 28, n_classes: int = 10) -> None:
+    def __init__(self, size: int = 28, n_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         self.size = size
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2 if size < 16 else 0)
-        self.conv2 = nn.Conv2d(6, 16, 5, padding=2 if size < 16 else 0)
+        c1, c2, h, z = hidden_widths(width)
+        self.conv1 = nn.Conv2d(1, c1, 5, padding=2 if size < 16 else 0)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2 if size < 16 else 0)
         side = size // 4 if size < 16 else ((size - 4) // 2 - 4) // 2
-        self.flat = 16 * side * side
-        self.fc1 = nn.Linear(self.flat, 64)
-        self.proj = nn.Linear(64, 32)
-        self.out = nn.Linear(32, n_classes)
+        self.flat = c2 * side * side
+        self.fc1 = nn.Linear(self.flat, h)
+        self.proj = nn.Linear(h, z)
+        self.out = nn.Linear(z, n_classes)
 
     def forward_repr(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(projection-head representation z, logits)."""
@@ -48,7 +56,7 @@ def cnn_spec(model: SmallCNN) -> gamfsolve.PermutationSpec:
     try:
         from gamfsolve.adapters.torch import spec_from_module
     except ImportError:
-        inner = model.flat // 16
+        inner = model.flat // model.conv2.out_channels
         return make_spec(
             conv("conv1", None, "c1"),
             conv("conv2", "c1", "c2"),
@@ -68,10 +76,22 @@ class Federation:
     size: int
 
 
-def make_federation(n_clients: int, *, per_client: int, n_test: int, alpha: float, seed: int) -> Federation:
+def _images(dataset: str, n_train: int, n_test: int, seed: int) -> tuple[gamfsolve.datasets.Dataset, gamfsolve.datasets.Dataset]:
+    """Training and held-out images: MNIST's 10,000 (test-set) images split in two disjoint parts,
+    or Fashion-MNIST's train split for training and its test split held out."""
+    if dataset == "mnist":
+        return load_images().split(n_train, n_test, seed=seed)
+    if dataset == "fashion":
+        train = load_fashion_mnist("train").split(n_train, 0, seed=seed)[0]
+        return train, load_fashion_mnist("test").split(n_test, 0, seed=seed)[0]
+    raise ValueError(f"unknown dataset {dataset!r}; choose 'mnist' or 'fashion'")
+
+
+def make_federation(
+    n_clients: int, *, per_client: int, n_test: int, alpha: float, seed: int, dataset: str = "mnist"
+) -> Federation:
     """``n_clients`` Dirichlet(alpha) label-skewed shares of ``n_clients * per_client`` images."""
-    data = load_images()
-    train, test = data.split(n_clients * per_client, n_test, seed=seed)
+    train, test = _images(dataset, n_clients * per_client, n_test, seed)
     parts = dirichlet_split(train.y, n_clients, alpha, seed=seed)
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,5 +100,5 @@ def make_federation(n_clients: int, *, per_client: int, n_test: int, alpha: floa
     return Federation(
         parts=[tensors(train.x[p], train.y[p]) for p in parts],
         test=tensors(test.x, test.y),
-        size=int(data.x.shape[1]),
+        size=int(train.x.shape[1]),
     )

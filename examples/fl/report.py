@@ -1,4 +1,4 @@
-"""RESULTS.md and accuracy.png from the federated-learning example's results.json."""
+"""RESULTS.md and accuracy-<setting>.png from the federated-learning example's results files."""
 
 from __future__ import annotations
 
@@ -7,173 +7,145 @@ from typing import Any
 
 import numpy as np
 
-PAIRS = (("GAMF", "FedAvg"), ("GAMF + MOON", "MOON"))
+DESCRIPTION = {
+    "standard": "every client starts each round from the global model",
+    "oneshot": "round 1: every client trains from its own random initialisation, the server aggregates once; "
+               "then ordinary rounds",
+    "longlocal": "few rounds of long local training",
+    "widths": "clients of hidden widths 1x / 0.75x / 0.5x (by partition id, in turn) aggregated into the widest; "
+              "FedAvg and MOON rows average each entry over the clients that have it (HeteroFL's slice averaging)",
+}
+NAMES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
+
+Run = dict[str, Any]
 
 
-def _curves(runs: list[dict[str, Any]], method: str, clients: int) -> tuple[np.ndarray, list[int]]:
-    """Accuracy curves (%) of one table cell, rows in seed order, and those seeds."""
-    cell = sorted((r for r in runs if r["method"] == method and r["clients"] == clients), key=lambda r: r["seed"])
-    return np.array([r["accuracy"] for r in cell]) * 100, [r["seed"] for r in cell]
+def _cols(runs: list[Run]) -> list[tuple[str, int]]:
+    return sorted({(r["dataset"], r["clients"]) for r in runs}, key=lambda c: (c[0] != "mnist", c[1]))
 
 
-def _cell(final: np.ndarray) -> str:
-    return "—" if final.size == 0 else f"{final.mean():.2f} ± {final.std():.2f}"
+def _acc(runs: list[Run], method: str, col: tuple[str, int], at: int) -> dict[int, float]:
+    """seed -> accuracy (%) after round ``at`` (-1: the last) of one table cell."""
+    return {r["seed"]: 100 * r["accuracy"][at] for r in runs
+            if r["method"] == method and (r["dataset"], r["clients"]) == col and r["accuracy"]}
 
 
-def _paired(runs: list[dict[str, Any]], a: str, b: str, clients: int) -> np.ndarray:
-    """Per-seed differences a - b of the final accuracy (points), seeds both have."""
-    ca, sa = _curves(runs, a, clients)
-    cb, sb = _curves(runs, b, clients)
-    common = sorted(set(sa) & set(sb))
-    return np.array([ca[sa.index(s), -1] - cb[sb.index(s), -1] for s in common])
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    v = np.array(values)
+    return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "") + f" (n={len(v)})"
 
 
-def table(runs: list[dict[str, Any]], methods: list[str], clients: list[int]) -> list[str]:
-    """The paper's Table 1 layout: methods as rows, client counts as columns."""
-    lines = [
-        "| method | " + " | ".join(f"MNIST, {c} clients" for c in clients) + " |",
-        "|---|" + "---|" * len(clients),
-    ]
-    for name in methods:
-        lines.append(f"| {name} | " + " | ".join(_cell(_curves(runs, name, c)[0][:, -1:].ravel()) for c in clients) + " |")
-    return lines
-
-
-def verdict(runs: list[dict[str, Any]], clients: list[int]) -> list[str]:
-    """Paired differences (same seed, data split and initial model) with a plain reading of them."""
-    lines = [
-        "| difference (points, paired by seed) | " + " | ".join(f"{c} clients" for c in clients) + " |",
-        "|---|" + "---|" * len(clients),
-    ]
-    for a, b in PAIRS:
+def table(runs: list[Run], methods: list[str], at: int) -> list[str]:
+    """The paper's Table 1 layout: methods as rows, (dataset, client count) as columns."""
+    cols = _cols(runs)
+    lines = ["| method | " + " | ".join(f"{NAMES[d]}, {c} clients" for d, c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for m in methods:
         cells = []
-        for c in clients:
-            d = _paired(runs, a, b, c)
-            cells.append("—" if d.size == 0 else f"{d.mean():+.2f} (per seed: {', '.join(f'{x:+.2f}' for x in d)})")
-        lines.append(f"| {a} minus {b} | " + " | ".join(cells) + " |")
+        for col in cols:
+            na = any(r.get("not_applicable") for r in runs if r["method"] == m and (r["dataset"], r["clients"]) == col)
+            cells.append("n/a" if na else _cell(list(_acc(runs, m, col, at).values())))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
-def matching_summary(runs: list[dict[str, Any]], clients: list[int]) -> list[str]:
-    """How often GAMF's alignment moved a client away from the first client's unit order, and its cost."""
+def paired(runs: list[Run], methods: list[str], at: int) -> list[str]:
+    """Per-seed differences against FedAvg (same split and initial model): mean, and ± 2 standard errors when n > 1."""
+    cols = _cols(runs)
+    lines = ["| minus FedAvg (points) | " + " | ".join(f"{NAMES[d]}, {c}" for d, c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for m in methods:
+        if m == "FedAvg":
+            continue
+        cells = []
+        for col in cols:
+            a, b = _acc(runs, m, col, at), _acc(runs, "FedAvg", col, at)
+            d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+            if d.size == 0:
+                cells.append("—")
+            elif d.size == 1:
+                cells.append(f"{d[0]:+.2f} (one seed)")
+            else:
+                cells.append(f"{d.mean():+.2f} ± {2 * d.std(ddof=1) / np.sqrt(d.size):.2f} (n={d.size})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def matching(runs: list[Run], methods: list[str]) -> list[str]:
+    """What the matching did: aggregations, and in how many client-rounds it moved a client from the first's unit order."""
     lines = []
-    for c in clients:
-        logs = [m for r in runs if r["clients"] == c and r.get("match") for m in r["match"]]
+    for m in methods:
+        logs = [e for r in runs if r["method"] == m and r.get("match") for e in r["match"]]
         if not logs:
             continue
-        moved = sum(1 for m in logs if m.get("permuted", 0) > 0)
-        secs = np.array([m["seconds"] for m in logs])
-        conv = sum(1 for m in logs if m["converged"])
-        lines.append(
-            f"- {c} clients: {len(logs)} GAMF aggregations, {moved} of them permuted at least one client relative to "
-            f"the first ({sum(m.get('permuted', 0) for m in logs)} client-rounds in all); {conv} converged; matching "
-            f"{secs.mean():.1f} s on average (max {secs.max():.1f} s)"
-        )
-    total = [m for r in runs if r.get("match") for m in r["match"]]
-    if total and all(m.get("permuted", 0) == 0 for m in total):
-        lines.append(
-            "- in every round the matching put all clients in one and the same unit order, so each GAMF aggregate "
-            "is FedAvg's up to one relabelling of all units (the same function: logits agree to about 1e-7): the "
-            "clients start every round from the same global model and a few local epochs leave them in its basin, "
-            "where the identity is the best alignment. The GAMF and FedAvg curves still part, because the next "
-            "round trains the relabelled model, whose sums run in another order: rounding differences of 1e-7 grow "
-            "through the later rounds of training like a change of seed. A GAMF minus FedAvg difference here is therefore "
-            "run-to-run noise, not an effect of the alignment"
-        )
+        moved = sum(e.get("permuted", 0) for e in logs)
+        total = sum(e["clients"] - 1 for e in logs)
+        secs = np.array([e["seconds"] for e in logs])
+        lines.append(f"- {m}: {len(logs)} matched aggregations; the matching permuted {moved} of {total} client-rounds "
+                     f"(clients other than the first) away from the first client's unit order; "
+                     f"{secs.mean():.2f} s per matching on average (max {secs.max():.2f} s)")
     return lines
 
 
-def timing(runs: list[dict[str, Any]], methods: list[str], clients: list[int]) -> list[str]:
-    """Mean wall seconds per round (local training, Ray messaging, aggregation, server evaluation)."""
-    head = "| seconds per round (mean) | " + " | ".join(f"{c} clients" for c in clients) + " |"
-    lines = [head, "|---|" + "---|" * len(clients)]
-    for name in methods:
-        cells = []
-        for c in clients:
-            secs = [s for r in runs if r["method"] == name and r["clients"] == c for s in r.get("round_s", [])]
-            cells.append(f"{np.mean(secs):.2f}" if secs else "—")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def figure(runs: list[dict[str, Any]], methods: list[str], clients: list[int], alpha: float, path: Path) -> None:
-    """Accuracy versus round, mean over seeds with the min-max band; bottom row: the last half, zoomed."""
+def figure(runs: list[Run], methods: list[str], title: str, path: Path) -> None:
+    """Accuracy versus round, mean over seeds, one panel per (dataset, clients, alpha)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(clients), figsize=(5 * len(clients), 7), squeeze=False)
-    for j, c in enumerate(clients):
-        for name in methods:
-            curves, _ = _curves(runs, name, c)
-            if curves.size == 0:
-                continue
-            x = np.arange(curves.shape[1])
-            for i, lo in enumerate((0, curves.shape[1] // 2)):
-                ax = axes[i, j]
-                ax.plot(x[lo:], curves.mean(axis=0)[lo:], label=f"{name} (n={len(curves)})")
-                ax.fill_between(x[lo:], curves.min(axis=0)[lo:], curves.max(axis=0)[lo:], alpha=0.15)
-        axes[0, j].set(title=f"{c} clients, Dirichlet alpha={alpha}", ylabel="held-out accuracy (%)")
-        axes[1, j].set(title="last half of the rounds", xlabel="round", ylabel="held-out accuracy (%)")
-        axes[0, j].legend(loc="lower right", fontsize=8)
+    panels = sorted({(r["dataset"], r["clients"], r["alpha"]) for r in runs}, key=lambda p: (p[0] != "mnist", p[1], -p[2]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (d, c, a) in zip(axes[0], panels, strict=True):
+        for m in methods:
+            curves = np.array([r["accuracy"] for r in runs if r["method"] == m and r["accuracy"]
+                               and (r["dataset"], r["clients"], r["alpha"]) == (d, c, a)]) * 100
+            if curves.size:
+                ax.plot(np.arange(curves.shape[1]), curves.mean(axis=0), marker=".", label=f"{m} (n={len(curves)})")
+        ax.set(title=f"{title}: {NAMES[d]}, {c} clients, alpha {a}", xlabel="round", ylabel="held-out accuracy (%)")
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], out: Path, methods: list[str]) -> None:
-    """RESULTS.md (final accuracy table, paired differences, setting, timing) and accuracy.png."""
-    runs, cfg = results["runs"], results["config"]
-    clients = sorted({r["clients"] for r in runs})
+def timing(runs: list[Run], methods: list[str]) -> str:
+    parts = []
+    for m in methods:
+        secs = [s for r in runs if r["method"] == m for s in r.get("round_s", [])]
+        if secs:
+            parts.append(f"{m} {np.mean(secs):.1f}")
+    return "seconds per round (mean over all cells): " + ", ".join(parts)
+
+
+def section(name: str, res: dict[str, Any], methods: list[str], out: Path) -> list[str]:
+    """One setting's tables, differences, matching summary, figure and run details."""
+    runs, cfg = res["runs"], res["config"]
+    st = cfg["setting"]
     names = [m for m in methods if any(r["method"] == m for r in runs)]
-    seeds = sorted({r["seed"] for r in runs})
-    figure(runs, names, clients, cfg["alpha"], out / "accuracy.png")
-    opts = cfg["match_options"]
-    lines = [
-        "# Federated learning with FedGAMF on Flower (MNIST, small CNN)",
-        "",
-        f"Final held-out accuracy (%) of the global model after round {cfg['rounds']}, mean ± std over seeds "
-        f"{seeds} (Flower simulation runtime on Ray; Dirichlet alpha = {cfg['alpha']}; all clients every round):",
-        "",
-        *table(runs, names, clients),
-        "",
-        "Paired differences of the final accuracy (same seed: same data split, same initial model):",
-        "",
-        *verdict(runs, clients),
-        "",
-        "What the matching did:",
-        "",
-        *matching_summary(runs, clients),
-        "",
-        "![accuracy vs round](accuracy.png)",
-        "",
-        "## Setting",
-        "",
-        f"- data: {cfg['dataset']}, {cfg['per_client']} training images per client on average, Dirichlet alpha = "
-        f"{cfg['alpha']} label skew per seed, {cfg['n_test']} held-out test images (disjoint from training)",
-        "- model: `SmallCNN` (conv 6 - conv 16 - fc 64 - projection 32 - fc 10, 21k parameters) from `fl_common.py`",
-        f"- {cfg['rounds']} rounds, all clients every round, {cfg['epochs']} local epoch(s), Adam lr {cfg['lr']}, batch "
-        f"{cfg['batch_size']}; MOON mu = {cfg['mu']}, temperature 0.5",
-        f"- GAMF rows: `FedGAMF(spec, method={cfg['fuse_method']!r}, match_options={opts!r})` "
-        f"(affinity {opts.get('affinity', 'edge')!r}"
-        + ("; the released code's neuron-vector affinity: the paper's edge affinity cost 3-5x more per aggregation, "
-           "too slow for this run on the shared 2-core machine" if opts.get("affinity") == "node" else "")
-        + "), weighted by example count; FedAvg and MOON rows: Flower's own `FedAvg`",
-        "- one simulation (one Ray start, 2 client actors) per (client count, seed) runs the four methods in turn from "
-        "the same initial model",
-        "",
-        "## Run",
-        "",
-        "- command: `" + cfg["command"] + "` (what `nox -s fl` runs after the tests)",
-        f"- machine: {results.get('machine', '?')}, shared: 1-minute load average "
-        f"{results.get('load_at_start', float('nan')):.1f} at the start and {results.get('load_at_end', float('nan')):.1f} "
-        "at the end (2 means both cores busy)",
-        f"- wall time: {results['wall_s'] / 60:.1f} min"
-        + (f" ({results['reused_runs']} run(s) reused from an earlier results.json)" if results.get("reused_runs") else ""),
-        "",
-        *timing(runs, names, clients),
-    ]
-    if results.get("note"):
-        lines[2:2] = [results["note"], ""]
+    figure(runs, names, name, out / f"accuracy-{name}.png")
+    epochs = f"{st['epochs']} local epoch(s)" + (f" ({st['first_epochs']} in round 1)" if st.get("first_epochs") else "")
+    lines = [f"## {name}: {DESCRIPTION[name]}", "",
+             f"{st['rounds']} rounds, {epochs}; command(s): `{cfg['command']}`; "
+             f"{sum(r.get('seconds', 0) for r in runs) / 60:.1f} min of runs.", ""]
+    for alpha in sorted({r["alpha"] for r in runs}, reverse=True):
+        sub = [r for r in runs if r["alpha"] == alpha]
+        points = [("final accuracy", -1)] + ([("after the one-shot aggregation (round 1)", 1)] if name == "oneshot" else [])
+        for label, at in points:
+            lines += [f"Dirichlet alpha = {alpha}, {label} (%, mean ± std over seeds):", "", *table(sub, names, at), "",
+                      "Paired differences against FedAvg (same seed: same split and initial model):", "",
+                      *paired(sub, names, at), ""]
+    lines += ["What the matching did:", "", *matching(runs, names), "", f"![{name}](accuracy-{name}.png)", "",
+              timing(runs, names), ""]
+    return lines
+
+
+def write_report(results: dict[str, dict[str, Any]], out: Path, methods: list[str], note: str = "") -> None:
+    """RESULTS.md over every setting that has results, and one accuracy-<setting>.png per setting."""
+    lines = ["# Federated learning on Flower: the six rows of Table 1 in four settings", ""]
+    if note:
+        lines += [note, ""]
+    for name, res in results.items():
+        lines += section(name, res, methods, out)
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
