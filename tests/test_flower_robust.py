@@ -142,12 +142,28 @@ def test_norm_screen_passes_ordinary_spread_and_can_be_turned_off(caplog: pytest
         FedGAMF(SPEC, norm_screen=-1.0)
 
 
-def test_overflow_in_the_matching_keeps_the_global_model(caplog: pytest.LogCaptureFixture) -> None:
+def test_clients_at_1e19_are_matched_and_fused(caplog: pytest.LogCaptureFixture) -> None:
     glob = model(0)
     strategy = FedGAMF(SPEC, method="gamf", seed=0, norm_screen=None)
     _sent(strategy, glob)
     huge = [{k: (v * 1e19 if v.dtype.kind == "f" else v) for k, v in _near(glob, s).items()} for s in (1, 2, 3)]
     out = _round(strategy, [reply(i + 1, m) for i, m in enumerate(huge)], caplog)
+    # the matching rescales by a power of two, so weights of 1e19 are fused, finite, at their scale
+    assert out is not None and all(np.isfinite(v).all() for v in out.values())
+    assert 1e18 < np.abs(out["layers.0.weight"]).max() < 1e21
+
+
+def test_a_failing_matching_keeps_the_global_model(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_match(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise FloatingPointError("overflow encountered in the scores")
+
+    monkeypatch.setattr(flower_adapter, "match", failing_match)
+    glob = model(0)
+    strategy = FedGAMF(SPEC, method="gamf", seed=0, norm_screen=None)
+    _sent(strategy, glob)
+    out = _round(strategy, [reply(i + 1, _near(glob, s)) for i, s in enumerate((1, 2, 3))], caplog)
     assert out is None and "the aggregation failed" in caplog.text and "the global model is kept" in caplog.text
 
 
