@@ -121,16 +121,19 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 @contextlib.contextmanager
 def _terminate_as_exit() -> Iterator[None]:
-    """Within the block SIGTERM raises ``SystemExit(143)`` (so ``finally`` clauses clean up); main thread only."""
+    """Within the block SIGTERM raises ``SystemExit(143)`` and SIGINT ``KeyboardInterrupt`` (whatever
+    handler was installed before), so ``finally`` clauses clean up; main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, frame: object) -> None:
+    def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old_term = signal.signal(signal.SIGTERM, terminate)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)

@@ -165,6 +165,23 @@ def test_signal_while_writing_leaves_nothing(tmp_path, signum):
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sigint_cleans_up_even_where_it_was_ignored(tmp_path):
+    target = tmp_path / "fused.pt2"
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a library in the same process may leave it
+    try:
+        def interrupted(tmp: Path) -> None:
+            tmp.write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(KeyboardInterrupt):
+            write_atomic(target, interrupted)
+        assert list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the caller's handler is restored
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_bfloat16_programs(tmp_path):
     paths = []
     for seed in (0, 1):
