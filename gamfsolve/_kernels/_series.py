@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .._xp import device
+
 __all__ = ["MAX_DEGREE_SCALAR", "MAX_D_DEGREE2", "SAMPLE", "max_degree", "series_error", "series_features", "series_rank"]
 
 Array = Any
@@ -94,7 +96,7 @@ def series_error(x: Array, y: Array, sigma: float, xp: Any, *, center: float = 0
     rng = np.random.default_rng(seed)
     count = min(SAMPLE, n * m)
     flat = rng.choice(n * m, size=count, replace=False) if n * m > count else np.arange(n * m)
-    dev = _device(x)
+    dev = device(x)
     v = xp.take(x, xp.asarray(flat // m, device=dev), axis=0) - center
     w = xp.take(y, xp.asarray(flat % m, device=dev), axis=0) - center
     d = v - w
@@ -108,8 +110,3 @@ def series_error(x: Array, y: Array, sigma: float, xp: Any, *, center: float = 0
     spread = float(xp.std(exact))
     return float(xp.std(approx - exact)) / spread if spread > 0 else math.inf
 
-
-def _device(x: Array) -> Any:
-    from .._xp import device
-
-    return device(x)
