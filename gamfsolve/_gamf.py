@@ -82,7 +82,7 @@ class _Problem:
     def group_scores(self, group: str, maps: list[Maps], tau: float | None = None) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn
         stage's temperature, which sets how closely a short series must match the exact kernel to
-        stand in for it (None: the Hungarian stage, float32 rounding; see :mod:`._kernels._series`)."""
+        stand in for it (None: the end of the Hungarian stage, float32 rounding; see :mod:`._kernels._series`)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
                            live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
@@ -240,17 +240,25 @@ def _anneal(
 ) -> tuple[tuple[float, list[Maps]] | None, list[float], int, bool, str]:
     """Alg. 1 / 2's loop: Sinkhorn sweeps at falling temperature, then Hungarian sweeps until a
     fixed point or a 2-cycle. Updates ``maps`` in place; returns the best Hungarian iterate
-    (objective, maps), the objective trace, the iterations, whether it converged, and why it stopped."""
+    (objective, maps), the objective trace, the iterations, whether it converged, and why it stopped.
+
+    The Hungarian stage first scores with the series wherever it was accurate enough at the last
+    temperature, then, from that stage's fixed point, with the exact kernel until its own fixed
+    point: the result is a fixed point of the exact objective's Hungarian sweep, as without the
+    series, and most of the stage's sweeps cost a matrix product per layer. Every iterate is
+    valued by the exact objective (:func:`matched_affinity`)."""
     models, spec, sigmas, xp = prob.models, prob.spec, prob.sigmas, prob.xp
     potentials: dict[tuple[int, str], Array] = {}
     tau, sweeps_at_tau = tau0, 0
-    discrete = False
+    discrete = exact = False
+    used_series = False  # a series stood in for the exact kernel somewhere in this sweep
     seen: list[tuple[bytes, ...]] = []
     trace: list[float] = []
     best: tuple[float, list[Maps]] | None = None
     converged, message, it = False, "iteration limit reached", 0
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
+        used_series = False
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
             # With several movers the class's scores objects live through the class (templates);
             # with one (two models) each is dropped after use: one group's features at a time.
@@ -259,7 +267,8 @@ def _anneal(
             for k in prob.movers:
                 scores, live = {}, []
                 for g in color:
-                    st = state[g] if g in state else prob.group_scores(g, maps, None if discrete else tau)
+                    st = state[g] if g in state else prob.group_scores(g, maps, None if exact else tau)
+                    used_series = used_series or bool(st.series_degree)
                     if keep:
                         state[g] = st
                     scores[g] = st.scores(k, maps)
@@ -293,6 +302,12 @@ def _anneal(
         if best is None or value > best[0]:
             best = (value, [dict(m) for m in maps])
         snap = _snapshot(maps, prob.movers)
+        settled = snap in seen[-2:]  # a fixed point or a 2-cycle
+        if not exact and settled:
+            exact = True  # the series stage settled: go on with the exact kernel from here
+            if used_series:
+                seen = [snap]
+                continue
         if seen and snap == seen[-1]:
             converged, message = True, "fixed point of the Hungarian stage"
             break

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nets import mlp, noisy, random_perms
+from nets import conv_chain, mlp, noisy, random_perms
 
 import gamfsolve as g
 from gamfsolve._kernels import edge_affinity
@@ -88,3 +88,37 @@ def test_series_off_for_an_explicit_kernel() -> None:
     a = g.match([other, base], spec, method="gamf", seed=0, kernel="reference")
     b = g.match([other, base], spec, method="gamf", seed=0, kernel="reference", series=True)
     assert all(np.array_equal(a.perms[k][1], b.perms[k][1]) for k in spec.groups)
+
+
+@pytest.mark.parametrize("level", [0.1, 0.4])
+def test_gamf_on_convolutions_ends_where_the_exact_kernel_ends(level: float) -> None:
+    # 3x3 kernels are edges of 9 numbers: the Hungarian stage scores them with the series first,
+    # then settles with the exact kernel; the result is the exact kernel's own fixed point here
+    rng = np.random.default_rng(3)
+    base, spec, _ = conv_chain([3, 24, 32, 16], rng)
+    other = noisy(g.permute(base, spec, random_perms(spec, base, rng)), level, rng)
+    fast = g.match([other, base], spec, method="gamf", seed=0)
+    exact = g.match([other, base], spec, method="gamf", seed=0, series=False)
+    for grp in spec.groups:
+        np.testing.assert_array_equal(fast.perms[grp][1], exact.perms[grp][1])
+    assert max(fast.objective) == pytest.approx(max(exact.objective), rel=1e-9)
+
+
+def test_hungarian_stage_ends_on_the_float32_level_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gamfsolve import _gamf
+
+    temps: list[float | None] = []
+    scores = _gamf._Problem.group_scores
+
+    def spy(self, group, maps, tau=None):  # type: ignore[no-untyped-def]
+        temps.append(tau)
+        return scores(self, group, maps, tau)
+
+    monkeypatch.setattr(_gamf._Problem, "group_scores", spy)
+    rng = np.random.default_rng(4)
+    base, spec, _ = conv_chain([3, 16, 16, 8], rng)
+    other = noisy(g.permute(base, spec, random_perms(spec, base, rng)), 0.3, rng)
+    result = g.match([other, base], spec, method="gamf", seed=0)
+    assert result.converged
+    assert temps[-1] is None  # the last sweep: series only at float32 rounding, else exact
+    assert any(t is not None and t < 0.02 for t in temps)  # the series part of the Hungarian stage ran
