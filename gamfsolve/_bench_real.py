@@ -32,6 +32,7 @@ ARCHS: dict[str, str] = {
     "mobilenet_v2": "HF MobileNetV2 (width 1.0), 64 px",
     "efficientnet_b0": "HF EfficientNet-B0, 64 px",
     "vit_s16_mlp": "HF ViT-S/16 (384 wide, 12 blocks, MLP 1536), 64 px: the feed-forward groups",
+    "vit_b16": "HF ViT-B/16 (768 wide, 12 blocks, 12 heads, MLP 3072; 86 M parameters), 224 px",
 }
 
 
@@ -69,6 +70,11 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
             model = tf.ViTForImageClassification(tf.ViTConfig(
                 hidden_size=384 // w, num_hidden_layers=12 // w, num_attention_heads=6 // (2 if quick else 1),
                 intermediate_size=1536 // w, image_size=64, patch_size=16, **LABELS))
+        elif arch == "vit_b16":
+            model = tf.ViTForImageClassification(tf.ViTConfig(
+                hidden_size=768 // w, num_hidden_layers=12 // w, num_attention_heads=12 // (2 if quick else 1),
+                intermediate_size=3072 // w, image_size=224, patch_size=16, **LABELS))
+            return model.eval(), torch.randn(1, 3, 224, 224)
         else:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
         x = torch.randn(2, 3, 64, 64)
@@ -122,7 +128,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp")
+CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp", "vit_b16")
 METHODS: tuple[tuple[str, dict[str, Any]], ...] = (("weight_matching", {}), ("gamf", {}))
 HEADER = (f"{'model':<16} {'kind':<8} {'method':<16} {'params':>7} {'time':>9} {'vs w.m.':>8} {'cpu':>9} "
           f"{'vs w.m.':>8} {'iters':>5} {'recovered':>9} {'peak MiB':>8} {'+MiB':>7} {'models MiB':>10}")
