@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from gamfsolve import FusionError, FusionTypeError
-from gamfsolve._validate import check_weights
+from gamfsolve.spec._validate import check_weights
 
 __all__ = ["repair", "reset_bn_stats"]
 

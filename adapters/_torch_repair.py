@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gamfsolve import FusionError, FusionTypeError
-from gamfsolve._validate import check_weights
+from gamfsolve.spec._validate import check_weights
 
 from ._torch_io import deepcopy
 

@@ -30,7 +30,7 @@ import numpy as np
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._api import check_options
-from gamfsolve._validate import check_models, check_weights, widest
+from gamfsolve.spec._validate import check_models, check_weights, widest
 
 from ._keras_graph import GraphInfo, walk, weight_key
 from ._keras_repair import repair, reset_bn_stats

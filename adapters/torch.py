@@ -26,7 +26,7 @@ from torch import nn
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._api import check_options
-from gamfsolve._validate import check_weights, widest
+from gamfsolve.spec._validate import check_weights, widest
 
 from ._torch_attention import opaque_attention
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays

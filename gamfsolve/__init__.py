@@ -5,13 +5,13 @@ imports no deep-learning framework; adapters for PyTorch, Keras and Flower live 
 ``gamfsolve.adapters``.
 """
 
-from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
 from ._api import METHODS, fuse, match, merge
-from ._builders import attention, conv, dense, make_spec, mlp_spec, norm
 from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, ScaleError, UnsafeFileError
-from ._permute import permute
 from ._result import MatchResult
-from ._spec import Blocks, Concat, PermutationSpec, Split
+from .solvers import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
+from .spec._builders import attention, conv, dense, make_spec, mlp_spec, norm
+from .spec._permute import permute
+from .spec._spec import Blocks, Concat, PermutationSpec, Split
 
 __version__ = "0.1.0"
 

@@ -372,8 +372,8 @@ def test_bench_backends_plumbing() -> None:
     """--backend: arrays converted to the library asked for, a clear exit for an unknown or absent one,
     and an end-to-end case on torch that recovers the planted permutation."""
     torch = pytest.importorskip("torch")
-    from gamfsolve._bench_models import run_case
     from gamfsolve.bench import backend_tools
+    from gamfsolve.bench._models import run_case
 
     convert, sync = backend_tools("torch")
     assert isinstance(convert(np.zeros(3)), torch.Tensor)
@@ -393,9 +393,9 @@ def test_bench_plot_draws_the_measured_curves(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from gamfsolve._bench_models import run_case
-    from gamfsolve._bench_plot import plot_report
     from gamfsolve.bench import bench_gemm_floor
+    from gamfsolve.bench._models import run_case
+    from gamfsolve.bench._plot import plot_report
 
     many = [run_case({"arch": "mlp", "n_models": n, "scale": 32, "method": "gamf", "options": {"universe": True},
                       "seed": 0}) for n in (2, 4)]

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from nets import mlp, noisy, random_perms
 
 import gamfsolve as g
-from gamfsolve._kernels import edge_affinity
-from gamfsolve._kernels._series import max_degree, series_error, series_features, series_rank
+from gamfsolve.affinity._kernels import edge_affinity
+from gamfsolve.affinity._kernels._series import max_degree, series_error, series_features, series_rank
 
 
 def _edges(rng: np.random.Generator, n: int, e: int, d: int, scale: float = 1.0) -> np.ndarray:
