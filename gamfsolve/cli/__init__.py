@@ -41,7 +41,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "images with each method's time. Writes a figure and results.json to --out."
         ),
     )
-    p.add_argument("--data", metavar="DIR", help="folder with the MNIST idx files (default: search, see docs)")
+    p.add_argument("--data", metavar="DIR", help=(
+        "folder with the MNIST test idx files (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); "
+        "default: $GAMFSOLVE_MNIST, then ../shared/data/mnist, else scikit-learn's 8x8 digits "
+        "(docs: docs/howto/cli.rst and the gamfsolve.datasets API page)"))
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisations, solvers (default 0)")
     p.add_argument("--out", metavar="DIR", default="gamfsolve-demo", help="output folder (default ./gamfsolve-demo)")
     p.add_argument("--models", type=int, default=2, metavar="N", help="number of models to train and fuse (default 2)")
