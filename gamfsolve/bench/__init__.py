@@ -11,7 +11,9 @@ the factorised rank ``r``; then the float32 matrix-product floor of a rank-``r``
 exact Numba);
 ``e2e`` (two planted models, MLP / VGG11 / ResNet-20x4, every method, one fresh process per
 case for its peak memory); ``many`` (N = 2..16 MLPs 784-256-256-256-10, GAMF in the universe,
-time per outer iteration). ``--quick`` divides the widths by 4 (kernels) or 8 (models).
+time per outer iteration). ``--quick`` divides the widths by 4 (kernels) or 8 (models) and runs
+fewer cases (kernels in float32 only, one timing each; e2e without the node affinity; many at
+N = 2, 4, 8 with the default kernel; real: ResNet-18's planted copy only).
 
 ``--backend`` runs every case on another array library: ``numpy`` (default), ``torch`` (CPU),
 ``torch_cuda`` or ``cupy`` (GPU; timings synchronise the device). Off NumPy there is no Numba
@@ -150,10 +152,10 @@ def bench_kernels(quick: bool, log: Callable[[str], None], backend: str = "numpy
     numba_ok = available() and backend == "numpy"
 
     rows = []
-    repeat = 2 if quick else 3
+    repeat = 1 if quick else 3  # after a warm-up call
     scales = (0.01, 0.3, 3.0) if quick else SCALES
     for label, (n, e, d) in _kernel_cases(quick):
-        for dtype in (np.float32, np.float64):
+        for dtype in (np.float32,) if quick else (np.float32, np.float64):
             for scale in scales:
                 rng = np.random.default_rng(0)
                 base = scale * rng.standard_normal((n, e, d))
@@ -239,6 +241,8 @@ _THREADS: list[int | None] = [None]  # set by --threads for every case process
 
 
 def _subprocess_case(case: dict[str, Any], timeout: float, module: str = "gamfsolve.bench._models") -> dict[str, Any]:
+    """Run one case in a fresh process (its start logged on stderr); its JSON row, or a status on failure."""
+    _progress(case)
     cmd = [sys.executable, "-m", module, json.dumps(case)]
     env = dict(os.environ)
     if _THREADS[0] is not None:
@@ -277,16 +281,18 @@ CASE_HEADER = (
 def _progress(case: dict[str, Any]) -> None:
     """One line on standard error as each case starts (a case can run for minutes; the table stays on stdout)."""
     options = ",".join(f"{k}={v}" for k, v in case["options"].items())
-    print(f"  ... {time.strftime('%H:%M:%S')} running {case['arch']} N = {case['n_models']} {case['method']}"
+    what = f"N = {case['n_models']}" if "n_models" in case else case.get("kind", "")
+    print(f"  ... {time.strftime('%H:%M:%S')} running {case['arch']} {what} {case['method']}"
           + (f"({options})" if options else ""), file=sys.stderr, flush=True)
 
 
 def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: str = "numpy") -> list[dict[str, Any]]:
     """Sections (ii) and (iv): two planted models per architecture, every method, own process."""
     rows = []
+    methods = [m for m in E2E_METHODS if not (quick and m[1].get("affinity") == "node")]
     for arch in ("mlp", "vgg11", "resnet20x4"):
         base = base_cpu = None
-        for method, options in E2E_METHODS:
+        for method, options in methods:
             case = {
                 "arch": arch,
                 "n_models": 2,
@@ -296,7 +302,6 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: 
                 "seed": 0,
                 "backend": backend,
             }
-            _progress(case)
             r = _subprocess_case(case, timeout)
             if method == "weight_matching" and r.get("status") == "ok":
                 base, base_cpu = r["time_s"], r["cpu_s"]
@@ -308,13 +313,14 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: 
 def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend: str = "numpy") -> list[dict[str, Any]]:
     """Section (iii): N models of the MLP, GAMF in the universe, time per outer iteration."""
     rows = []
-    for n_models in (2, 4, 8, 16):
-        for method, options in (
-            ("weight_matching", {}),
-            ("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1}),  # the figure is per iteration
-            # feature-map templates at every N (auto takes pairwise exact Numba below 17 models, 12 wide)
-            ("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1, "kernel": "factorised"}),
-        ):
+    methods: list[tuple[str, dict[str, Any]]] = [
+        ("weight_matching", {}),
+        ("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1}),  # the figure is per iteration
+    ]
+    if not quick:  # feature-map templates at every N (auto takes pairwise exact Numba below 17 models, 12 wide)
+        methods.append(("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1, "kernel": "factorised"}))
+    for n_models in (2, 4, 8) if quick else (2, 4, 8, 16):
+        for method, options in methods:
             case = {
                 "arch": "mlp",
                 "n_models": n_models,
@@ -324,7 +330,6 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
                 "seed": 0,
                 "backend": backend,
             }
-            _progress(case)
             r = _subprocess_case(case, timeout)
             rows.append(r)
             log(_case_line(r, None))
@@ -333,8 +338,10 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gamfsolve bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes: about 9 minutes on 2 CPU cores, most of it in section many "
-                   "(--quick --sections kernels,e2e: about 3 minutes); each case's start is logged on stderr")
+    p.add_argument("--quick", action="store_true", help=(
+        "widths / 4 (kernels) or / 8 (models), fewer cases (kernels in float32; e2e without the node affinity; "
+        "many at N = 2, 4, 8; real: ResNet-18's planted copy): 2.8 minutes measured on 2 CPU cores shared at load "
+        "average 8 (84 CPU-seconds); each case's start is logged on stderr, each section's time on stdout"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--sections", default="kernels,e2e,many,real",
                    help="comma-separated: kernels, e2e, many, real (the real networks need torch and transformers)")
@@ -346,6 +353,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", default=None,
                    help="also draw the scaling curves of this run (sections many and kernels) to FILE (.png, .svg)")
     return p
+
+
+def _run_sections(args: argparse.Namespace, sections: list[str], log: Callable[[str], None],
+                  report: dict[str, Any]) -> None:
+    """Each section asked for, in order, into ``report``; its wall time logged as it ends."""
+    times: dict[str, float] = report.setdefault("section_s", {})
+    start = time.perf_counter()
+
+    def done(name: str) -> None:
+        nonlocal start
+        times[name] = time.perf_counter() - start
+        log(f"    [section {name}: {times[name]:.0f} s]")
+        start = time.perf_counter()
+
+    if "kernels" in sections:
+        base = "exact Numba" if args.backend == "numpy" else "exact matmul"
+        log(f"\n(i) edge affinity, one layer: time, speed-up vs {base}, max rel. error vs exact")
+        log("    (* = fell back to an exact kernel; auto: f/n/c/m = factorised/numba/cuda/matmul chosen)")
+        log(_kernel_header(args.backend))
+        report["kernels"] = bench_kernels(args.quick, log, args.backend)
+        if args.backend == "numpy":
+            log("\n(i') the floor of a rank-r feature map: one float32 (n, E r) @ (E r, m) product vs exact Numba")
+            report["gemm_floor"] = bench_gemm_floor(args.quick, log)
+        done("kernels")
+    if "e2e" in sections:
+        log("\n(ii)+(iv) two planted models (permuted copy + 1% noise): match time, peak memory")
+        log("    align err = ||align(B) - A|| / ||A||: ~0.01 when the planted permutation is found")
+        log(CASE_HEADER)
+        report["e2e"] = bench_e2e(args.quick, log, args.timeout, args.backend)
+        done("e2e")
+    if "many" in sections:
+        log("\n(iii) N planted MLPs: time per outer iteration (solver time / iterations)")
+        log(CASE_HEADER)
+        report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
+        done("many")
+    if "real" in sections and args.backend == "numpy":
+        from ._real import bench_real
+
+        log("\n(v) real networks (HF transformers / zoo definitions, random init): two initialisations ('pair')")
+        log("    and a permuted copy + 1% noise ('planted', recovered = fraction of units put back); own process each")
+        report["real"] = bench_real(args.quick, log, args.timeout, _subprocess_case)
+        done("real")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,30 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "quick": args.quick, "threads": args.threads, "argv": list(argv or [])}
     log(f"machine: {report['machine']}")
     log(f"backend: {args.backend}")
-    if "kernels" in sections:
-        base = "exact Numba" if args.backend == "numpy" else "exact matmul"
-        log(f"\n(i) edge affinity, one layer: time, speed-up vs {base}, max rel. error vs exact")
-        log("    (* = fell back to an exact kernel; auto: f/n/c/m = factorised/numba/cuda/matmul chosen)")
-        log(_kernel_header(args.backend))
-        report["kernels"] = bench_kernels(args.quick, log, args.backend)
-        if args.backend == "numpy":
-            log("\n(i') the floor of a rank-r feature map: one float32 (n, E r) @ (E r, m) product vs exact Numba")
-            report["gemm_floor"] = bench_gemm_floor(args.quick, log)
-    if "e2e" in sections:
-        log("\n(ii)+(iv) two planted models (permuted copy + 1% noise): match time, peak memory")
-        log("    align err = ||align(B) - A|| / ||A||: ~0.01 when the planted permutation is found")
-        log(CASE_HEADER)
-        report["e2e"] = bench_e2e(args.quick, log, args.timeout, args.backend)
-    if "many" in sections:
-        log("\n(iii) N planted MLPs: time per outer iteration (solver time / iterations)")
-        log(CASE_HEADER)
-        report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
-    if "real" in sections and args.backend == "numpy":
-        from ._real import bench_real
-
-        log("\n(v) real networks (HF transformers / zoo definitions, random init): two initialisations ('pair')")
-        log("    and a permuted copy + 1% noise ('planted', recovered = fraction of units put back); own process each")
-        report["real"] = bench_real(args.quick, log, args.timeout, _subprocess_case)
+    _run_sections(args, sections, log, report)
     report["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"load average at the end: {report['load_avg_end']}")
     if args.plot:
@@ -402,4 +428,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0
-

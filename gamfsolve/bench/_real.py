@@ -123,6 +123,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp")
+QUICK_CASES = ("resnet18",)  # --quick: one architecture at a quarter of its widths, planted copies only
 METHODS: tuple[tuple[str, dict[str, Any]], ...] = (("weight_matching", {}), ("gamf", {}))
 HEADER = (f"{'model':<16} {'kind':<8} {'method':<16} {'params':>7} {'time':>9} {'vs w.m.':>8} {'cpu':>9} "
           f"{'vs w.m.':>8} {'iters':>5} {'recovered':>9} {'peak MiB':>8} {'+MiB':>7} {'models MiB':>10}")
@@ -145,8 +146,8 @@ def bench_real(quick: bool, log: Callable[[str], None], timeout: float,
     module)`` runs one case in a fresh process."""
     log(HEADER)
     rows = []
-    for arch in CASES:
-        for kind in ("pair", "planted"):
+    for arch in QUICK_CASES if quick else CASES:
+        for kind in ("planted",) if quick else ("pair", "planted"):
             base = None
             for method, options in METHODS:
                 case = {"arch": arch, "kind": kind, "method": method, "options": options, "quick": quick}
