@@ -293,15 +293,8 @@ def bench_e2e(quick: bool, log: Callable[[str], None], timeout: float, backend: 
     for arch in ("mlp", "vgg11", "resnet20x4"):
         base = base_cpu = None
         for method, options in methods:
-            case = {
-                "arch": arch,
-                "n_models": 2,
-                "scale": 8 if quick else 1,
-                "method": method,
-                "options": options,
-                "seed": 0,
-                "backend": backend,
-            }
+            case = {"arch": arch, "n_models": 2, "scale": 8 if quick else 1, "method": method, "options": options,
+                    "seed": 0, "backend": backend}
             r = _subprocess_case(case, timeout)
             if method == "weight_matching" and r.get("status") == "ok":
                 base, base_cpu = r["time_s"], r["cpu_s"]
@@ -321,15 +314,8 @@ def bench_many(quick: bool, log: Callable[[str], None], timeout: float, backend:
         methods.append(("gamf", {"affinity": "edge", "universe": True, "max_sweeps": 1, "kernel": "factorised"}))
     for n_models in (2, 4, 8) if quick else (2, 4, 8, 16):
         for method, options in methods:
-            case = {
-                "arch": "mlp",
-                "n_models": n_models,
-                "scale": 8 if quick else 4,
-                "method": method,
-                "options": options,
-                "seed": 0,
-                "backend": backend,
-            }
+            case = {"arch": "mlp", "n_models": n_models, "scale": 8 if quick else 4, "method": method,
+                    "options": options, "seed": 0, "backend": backend}
             r = _subprocess_case(case, timeout)
             rows.append(r)
             log(_case_line(r, None))
