@@ -3,6 +3,12 @@
 The core works on plain arrays of any array-API library (NumPy, PyTorch, CuPy, ...) and
 imports no deep-learning framework; adapters for PyTorch, Keras and Flower live in
 ``gamfsolve.adapters``.
+
+The package's folders, in the order a matching uses them: ``spec`` (which permutation acts on
+which axis, and applying permutations), ``affinity`` (unit features, edge kernels, affinities
+and the GAMF gradient), ``solvers`` (the projectors and the matching methods); the front door
+(``match``, ``merge``, ``fuse``) permutes and averages the models. ``cli`` is the ``gamfsolve``
+command line, ``bench`` its benchmarks, ``datasets`` the local data of demos and examples.
 """
 
 from ._api import METHODS, fuse, match, merge
