@@ -21,6 +21,8 @@ from torch import nn
 
 from gamfsolve import Blocks, FusionError, PermutationSpec, conv, dense, make_spec, mlp_spec
 
+from ._torch_train import fit
+
 __all__ = [
     "LeNet",
     "MLP",
@@ -136,14 +138,11 @@ def train(
 ) -> nn.Module:
     """Adam on cross-entropy, in place, shuffled mini-batches (seeded); returns ``model``."""
     xt, yt = _images(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(yt), generator=gen).split(batch_size):
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
+
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(xb), yb)
+
+    fit(model, xt, yt, batch_loss, epochs=epochs, lr=lr, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     model.eval()
     return model
 

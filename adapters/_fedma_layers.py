@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from gamfsolve import FusionError, PermutationSpec
-from gamfsolve._spec import AxisEntry, segments_of
+from gamfsolve.spec._spec import AxisEntry, segments_of
 
 __all__ = ["Layer", "layer_plan", "match_layer"]
 

@@ -29,6 +29,8 @@ from torch import nn
 
 from gamfsolve import FusionError
 
+from ._torch_train import evaluate_model, fit
+
 __all__ = ["evaluate_model", "load_leading", "make_client_app", "moon_loss", "train_local"]
 
 logger = logging.getLogger("gamfsolve.adapters.flower")
@@ -90,41 +92,17 @@ def train_local(
     trainable = [p for name, p in named.items() if name not in frozen]
     if not trainable:  # nothing to train: the loss of the model as it is
         return evaluate_model(model, x, y)[0]
-    opt = torch.optim.Adam(trainable, lr=lr)
-    model.train()
-    total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad()
-            if mu > 0:
-                z, logits = _repr(model, xb)
-                with torch.no_grad():
-                    z_glob, _ = _repr(global_model, xb)  # type: ignore[arg-type]
-                    z_prev, _ = _repr(previous_model, xb)  # type: ignore[arg-type]
-                loss = nn.functional.cross_entropy(logits, yb) + mu * moon_loss(z, z_glob, z_prev, temperature)
-            else:
-                loss = nn.functional.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-    return total / max(count, 1)
 
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if mu <= 0:
+            return nn.functional.cross_entropy(model(xb), yb)
+        z, logits = _repr(model, xb)
+        with torch.no_grad():
+            z_glob, _ = _repr(global_model, xb)  # type: ignore[arg-type]
+            z_prev, _ = _repr(previous_model, xb)  # type: ignore[arg-type]
+        return nn.functional.cross_entropy(logits, yb) + mu * moon_loss(z, z_glob, z_prev, temperature)
 
-@torch.no_grad()
-def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
-        loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
-    return loss / max(len(y), 1), correct / max(len(y), 1)
+    return fit(model, x, y, batch_loss, params=trainable, epochs=epochs, lr=lr, batch_size=batch_size, generator=gen)
 
 
 def _global_arrays(msg: Message) -> ArrayRecord:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from gamfsolve import Blocks, Concat, FusionError
-from gamfsolve._spec import AxisEntry
+from gamfsolve.spec._spec import AxisEntry
 
 __all__ = ["GraphInfo", "Seg", "walk", "weight_key"]
 

@@ -16,7 +16,9 @@ import keras
 import numpy as np
 
 from gamfsolve import FusionError, FusionTypeError
-from gamfsolve._validate import check_weights
+from gamfsolve.spec._validate import check_weights
+
+from ._keras_io import _check_model, from_arrays, graph_info, to_arrays
 
 __all__ = ["repair", "reset_bn_stats"]
 
@@ -54,14 +56,10 @@ def _batches(data: Any, n_batches: int | None) -> list[np.ndarray]:
 
 
 def _check(model: Any, what: str) -> None:
-    from .keras import _check_model
-
     _check_model(model, what)
 
 
 def _copy(model: Any) -> Any:
-    from .keras import from_arrays, to_arrays
-
     return from_arrays(model, to_arrays(model))
 
 
@@ -87,8 +85,6 @@ def _bn_axis(layer: Any, ndim: int) -> int:
 
 
 def _bn_layers(model: Any) -> list[Any]:
-    from .keras import graph_info
-
     return [layer for layer in graph_info(model).order if isinstance(layer, _BN)]
 
 
@@ -131,8 +127,6 @@ def reset_bn_stats(model: Any, data: Any, *, n_batches: int | None = None) -> An
 
 def _plan(model: Any) -> list[Any]:
     """Hidden Dense/Conv layers in graph order: not the last, not a model output, not feeding a BN, called once."""
-    from .keras import graph_info
-
     layers = [layer for layer in graph_info(model).order if isinstance(layer, _LAYERS)]
     outputs = {id(t) for t in model.outputs}
     keep = []
@@ -180,8 +174,6 @@ def _fold(layer: Any, now: tuple[np.ndarray, np.ndarray], mean: np.ndarray, std:
 
 
 def _check_aligned(fused: Any, aligned: Any) -> list[Any]:
-    from .keras import to_arrays
-
     _check(fused, "fused")
     if isinstance(aligned, keras.Model) or not isinstance(aligned, Sequence) or not aligned:
         raise FusionTypeError(

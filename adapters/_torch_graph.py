@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gamfsolve import Blocks, Concat, PermutationSpec, Split
-from gamfsolve._spec import AxisEntry
+from gamfsolve.spec._spec import AxisEntry
 
 __all__ = ["FIXED", "Chan", "Engine", "Seg", "View"]
 

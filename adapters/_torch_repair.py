@@ -6,8 +6,8 @@ output channel of every hidden Linear/Conv layer in each aligned source model an
 model, and folds an affine correction into the fused layer so that its channel statistics
 become the (fusion-weighted) average of the sources' statistics.
 
-Helpers shared with :mod:`gamfsolve.adapters.torch` are imported inside the functions, since
-that module imports this one.
+:func:`reset_bn_stats` recomputes BatchNorm running statistics; REPAIR uses it on models with
+BatchNorm.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from gamfsolve import FusionError, FusionTypeError
-from gamfsolve._validate import check_weights
+from gamfsolve.spec._validate import check_weights
 
 from ._torch_io import deepcopy
+from ._torch_run import EvalMode, device_check, input_batches, output_tensors
 
-__all__ = ["repair"]
+__all__ = ["repair", "reset_bn_stats"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -89,14 +90,12 @@ def _check_aligned(fused: Any, aligned: Any) -> list[nn.Module]:
 
 def _collect(data: Any, n_batches: int | None) -> list[tuple]:
     """Up to ``n_batches`` input batches of ``data``, kept in a list (each is reused many times)."""
-    from .torch import _batches
-
     if n_batches is not None and (isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1):
         raise FusionError(f"n_batches must be a positive integer or None, got {n_batches!r}")
     if not isinstance(data, (torch.Tensor, Iterable)):
         raise FusionTypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
     out: list[tuple] = []
-    for batch in _batches(data):
+    for batch in input_batches(data):
         if n_batches is not None and len(out) >= n_batches:
             break
         out.append(batch)
@@ -120,8 +119,6 @@ def _plan(model: nn.Module, batch: tuple) -> list[str]:
     Left out: the last Linear/Conv to run and any whose output the model returns (output
     layers), any whose output goes straight into a BatchNorm, and any called more than once.
     """
-    from .torch import _EvalMode, _outputs
-
     calls: list[tuple[str, torch.Tensor]] = []
     bn_inputs: list[torch.Tensor] = []
     handles = []
@@ -131,8 +128,8 @@ def _plan(model: nn.Module, batch: tuple) -> list[str]:
         elif isinstance(m, _BatchNorm):
             handles.append(m.register_forward_pre_hook(lambda _m, inp: bn_inputs.append(inp[0])))
     try:
-        with _EvalMode(model), torch.no_grad():
-            outputs = _outputs(model(*batch))
+        with EvalMode(model), torch.no_grad():
+            outputs = output_tensors(model(*batch))
     finally:
         for h in handles:
             h.remove()
@@ -143,8 +140,6 @@ def _plan(model: nn.Module, batch: tuple) -> list[str]:
 
 def _measure(model: nn.Module, names: Sequence[str], batches: Sequence[tuple]) -> dict[str, _Moments]:
     """Per-channel moments of each named layer's output over ``batches`` (eval mode, no grad)."""
-    from .torch import _EvalMode
-
     moments = {name: _Moments() for name in names}
 
     def hook(name: str) -> Any:
@@ -155,7 +150,7 @@ def _measure(model: nn.Module, names: Sequence[str], batches: Sequence[tuple]) -
 
     handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
     try:
-        with _EvalMode(model), torch.no_grad():
+        with EvalMode(model), torch.no_grad():
             for batch in batches:
                 model(*batch)
     finally:
@@ -252,8 +247,6 @@ def repair(
     torch.nn.Module
         A new module; train/eval flags are those of ``fused``.
     """
-    from .torch import reset_bn_stats
-
     sources = _check_aligned(fused, aligned)
     w = check_weights(weights, len(sources))
     batches = _collect(data, n_batches)
@@ -273,3 +266,40 @@ def repair(
         if bn:
             model = reset_bn_stats(model, batches)
     return model
+
+
+def reset_bn_stats(module: nn.Module, data: Any, *, n_batches: int | None = None) -> nn.Module:
+    """A copy of ``module`` whose BatchNorm running statistics are recomputed from ``data``.
+
+    After fusion the averaged running means and variances no longer match the fused weights'
+    activations. This resets every BatchNorm layer, runs the copy with only those layers in
+    training mode (cumulative averages, momentum ``None``) over up to ``n_batches`` batches of
+    ``data`` (a tensor, or an iterable of tensors or ``(inputs, targets)`` pairs), and restores
+    each layer's mode and momentum. The input module is not modified; a module without
+    BatchNorm comes back as an unchanged copy.
+    """
+    if not isinstance(module, nn.Module):
+        raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    new = deepcopy(module)
+    norms = [m for m in new.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return new
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    seen = 0
+    with EvalMode(new), torch.no_grad():
+        for m in norms:
+            m.training = True
+        for batch in input_batches(data):
+            if n_batches is not None and seen >= n_batches:
+                break
+            device_check(new, batch)
+            new(*batch)
+            seen += 1
+    for m, momentum in saved:
+        m.momentum = momentum
+    if seen == 0:
+        raise FusionError("reset_bn_stats got no batches from data")
+    return new

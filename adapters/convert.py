@@ -33,7 +33,7 @@ from torch import nn
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError
 from gamfsolve._api import check_options
-from gamfsolve._validate import check_models
+from gamfsolve.spec._validate import check_models
 
 from . import keras as gk
 

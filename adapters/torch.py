@@ -16,7 +16,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,12 @@ from torch import nn
 import gamfsolve
 from gamfsolve import FusionError, FusionTypeError, PermutationSpec
 from gamfsolve._api import check_options
-from gamfsolve._validate import check_weights, widest
+from gamfsolve.spec._validate import check_weights, widest
 
 from ._torch_attention import opaque_attention
 from ._torch_io import aliases, deepcopy, from_arrays, load_program, load_state, save_state, to_arrays
-from ._torch_repair import repair
+from ._torch_repair import repair, reset_bn_stats
+from ._torch_run import EvalMode, device_check, output_tensors
 from ._torch_same import check_same_function, module_ops
 from ._torch_trace import derive_spec, trace_export, trace_fx
 
@@ -62,38 +63,6 @@ def _inputs(example_inputs: Any) -> tuple:
     raise FusionTypeError(
         f"example_inputs must be a tensor or a non-empty tuple of tensors, got {type(example_inputs).__name__}"
     )
-
-
-def _device_check(module: nn.Module, inputs: tuple, what: str = "module") -> None:
-    devices = {t.device for t in module.state_dict().values() if isinstance(t, torch.Tensor)}
-    if any(d.type == "meta" for d in devices) or any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
-        raise FusionError(
-            f"{what} ({type(module).__name__}) or its example inputs are on the meta device (shapes without "
-            "values); materialise the weights first, e.g. module.to_empty(device='cpu') and load_state_dict"
-        )
-    if len(devices) > 1:
-        raise FusionError(f"{what} has tensors on several devices: {sorted(map(str, devices))}")
-    for t in inputs:
-        if isinstance(t, torch.Tensor) and devices and t.device not in devices:
-            raise FusionError(
-                f"{what} ({type(module).__name__}) is on {next(iter(devices))} but an example input is on "
-                f"{t.device}; move them to one device"
-            )
-
-
-class _EvalMode:
-    """Run with every submodule in eval mode; restore each flag afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.flags = [(m, m.training) for m in module.modules()]
-
-    def __enter__(self) -> None:
-        for m, _ in self.flags:
-            m.training = False
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag
 
 
 def spec_from_module(
@@ -141,7 +110,7 @@ def spec_from_module(
         if not isinstance(module, nn.Module):
             raise FusionTypeError(f"module must be a torch.nn.Module or ExportedProgram, got {type(module).__name__}")
         inputs = _inputs(example_inputs)
-        _device_check(module, inputs)
+        device_check(module, inputs)
         _run_once(module, inputs)
         source, shapes = _trace(module, inputs)
     params = {k: tuple(v.shape) for k, v in to_arrays(module).items()}
@@ -155,7 +124,7 @@ def spec_from_module(
 def _run_once(module: nn.Module, inputs: tuple) -> None:
     """Run the module on the example inputs once: a shape or dtype it refuses is the inputs' fault, said so."""
     try:
-        with _EvalMode(module), torch.no_grad():
+        with EvalMode(module), torch.no_grad():
             module(*inputs)
     except Exception as exc:  # whatever the model raises on inputs it cannot take
         got = ", ".join(f"shape {tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -167,7 +136,7 @@ def _run_once(module: nn.Module, inputs: tuple) -> None:
 
 
 def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
-    with _EvalMode(module):
+    with EvalMode(module):
         try:
             traced = trace_fx(module, inputs)
             if not opaque_attention(traced[0]):
@@ -186,16 +155,6 @@ def _trace(module: nn.Module, inputs: tuple) -> tuple[Any, Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _outputs(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _outputs(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _outputs(v)]
-    return []
 
 
 def _max_error(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
@@ -217,7 +176,7 @@ def check_spec(
         raise FusionTypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
     _check_module_type(module)
     inputs = _inputs(example_inputs)
-    _device_check(module, inputs)
+    device_check(module, inputs)
     model = deepcopy(module).eval()
     arrays = to_arrays(model)
     sizes = spec.group_sizes({k: tuple(v.shape) for k, v in arrays.items()})
@@ -225,11 +184,11 @@ def check_spec(
     dev = next(iter(arrays.values())).device if arrays else torch.device("cpu")
     perms = {g: torch.as_tensor(rng.permutation(n), device=dev) for g, n in sizes.items()}
     with torch.no_grad():
-        ref = _outputs(model(*inputs))
+        ref = output_tensors(model(*inputs))
 
         def error(selected: dict[str, torch.Tensor]) -> float:
             permuted = from_arrays(model, gamfsolve.permute(arrays, spec, selected))
-            return _max_error(ref, _outputs(permuted(*inputs)))
+            return _max_error(ref, output_tensors(permuted(*inputs)))
 
         err = error(perms)
         if err <= atol:
@@ -268,7 +227,7 @@ def _prepare(modules: Sequence[nn.Module], example_inputs: Any, spec: Permutatio
     if weights is not None:
         check_weights(weights, len(modules))
     for k, m in enumerate(modules):
-        _device_check(m, inputs, f"modules[{k}]")
+        device_check(m, inputs, f"modules[{k}]")
     if spec is None:
         spec = spec_from_module(modules[0], inputs, check=check)
     return spec, [to_arrays(m) for m in modules]
@@ -346,53 +305,3 @@ def align_modules(
         return [from_arrays(m, a) for m, a in zip(modules, aligned, strict=True)]
     target = _template(modules, arrays, spec, template)
     return [from_arrays(target, a) for a in aligned]
-
-
-def _batches(data: Any) -> Iterable[tuple]:
-    if isinstance(data, torch.Tensor):
-        yield (data,)
-        return
-    for batch in data:
-        if isinstance(batch, torch.Tensor):
-            yield (batch,)
-        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-            yield (batch[0],)
-        else:
-            raise FusionTypeError(f"data must yield tensors or (inputs, targets) pairs, got {type(batch).__name__}")
-
-
-def reset_bn_stats(module: nn.Module, data: Any, *, n_batches: int | None = None) -> nn.Module:
-    """A copy of ``module`` whose BatchNorm running statistics are recomputed from ``data``.
-
-    After fusion the averaged running means and variances no longer match the fused weights'
-    activations. This resets every BatchNorm layer, runs the copy with only those layers in
-    training mode (cumulative averages, momentum ``None``) over up to ``n_batches`` batches of
-    ``data`` (a tensor, or an iterable of tensors or ``(inputs, targets)`` pairs), and restores
-    each layer's mode and momentum. The input module is not modified; a module without
-    BatchNorm comes back as an unchanged copy.
-    """
-    if not isinstance(module, nn.Module):
-        raise FusionTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    new = deepcopy(module)
-    norms = [m for m in new.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return new
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    seen = 0
-    with _EvalMode(new), torch.no_grad():
-        for m in norms:
-            m.training = True
-        for batch in _batches(data):
-            if n_batches is not None and seen >= n_batches:
-                break
-            _device_check(new, batch)
-            new(*batch)
-            seen += 1
-    for m, momentum in saved:
-        m.momentum = momentum
-    if seen == 0:
-        raise FusionError("reset_bn_stats got no batches from data")
-    return new

@@ -3,15 +3,21 @@
 The core works on plain arrays of any array-API library (NumPy, PyTorch, CuPy, ...) and
 imports no deep-learning framework; adapters for PyTorch, Keras and Flower live in
 ``gamfsolve.adapters``.
+
+The package's folders, in the order a matching uses them: ``spec`` (which permutation acts on
+which axis, and applying permutations), ``affinity`` (unit features, edge kernels, affinities
+and the GAMF gradient), ``solvers`` (the projectors and the matching methods); the front door
+(``match``, ``merge``, ``fuse``) permutes and averages the models. ``cli`` is the ``gamfsolve``
+command line, ``bench`` its benchmarks, ``datasets`` the local data of demos and examples.
 """
 
-from . import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
 from ._api import METHODS, fuse, match, merge
-from ._builders import attention, conv, dense, make_spec, mlp_spec, norm
 from ._errors import ConvergenceWarning, FusionError, FusionTypeError, OptionError, ScaleError, UnsafeFileError
-from ._permute import permute
 from ._result import MatchResult
-from ._spec import Blocks, Concat, PermutationSpec, Split
+from .solvers import _gamf, _ot, _weight_matching  # noqa: F401  (register the methods)
+from .spec._builders import attention, conv, dense, make_spec, mlp_spec, norm
+from .spec._permute import permute
+from .spec._spec import Blocks, Concat, PermutationSpec, Split
 
 __version__ = "0.1.0"
 

@@ -11,15 +11,15 @@ from typing import Any
 
 from ._errors import FusionError, OptionError
 from ._guard import check_scale
-from ._heads import collapse, expand_models, expand_spec
 from ._numeric import compute_dtype, output_dtype, power_of_two_scale, scale_widths, scaled, to_dtype
 from ._options import check_option_values, check_seed
-from ._permute import permute
 from ._progress import resolve_progress
 from ._result import MatchResult
-from ._spec import PermutationSpec
-from ._validate import Checked, check_models, check_weights
 from ._xp import host_views, namespace
+from .spec._heads import collapse, expand_models, expand_spec
+from .spec._permute import permute
+from .spec._spec import PermutationSpec
+from .spec._validate import Checked, check_models, check_weights
 
 __all__ = ["METHODS", "check_options", "fuse", "match", "merge", "register_method"]
 

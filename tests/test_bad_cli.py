@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from gamfsolve.adapters import torch as gt  # noqa: E402
 from torch import nn  # noqa: E402
 
-from gamfsolve._cli_common import CliError, remove_stale_temps, write_atomic  # noqa: E402
 from gamfsolve.cli import main  # noqa: E402
+from gamfsolve.cli._common import CliError, remove_stale_temps, write_atomic  # noqa: E402
 
 
 def _export(path: Path, seed: int, act: type[nn.Module] = nn.ReLU, batch: int = 5) -> None:

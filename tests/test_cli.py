@@ -122,6 +122,31 @@ def test_bench_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == [["--json", "--quick"]]
 
 
+def test_bench_quick_cases_and_progress(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--quick runs the smaller case lists, logs each case's start on stderr and each section's time."""
+    bench = pytest.importorskip("gamfsolve.bench")
+    started: list[dict] = []
+    real_run = subprocess.run
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        if cmd[1:3] not in (["-m", "gamfsolve.bench._models"], ["-m", "gamfsolve.bench._real"]):
+            return real_run(cmd, **kwargs)  # e.g. platform's own probes
+        started.append(json.loads(cmd[-1]))
+        return subprocess.CompletedProcess(cmd, 1, "", "case not run in this test")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    assert bench.main(["--quick", "--json", "--sections", "e2e,many,real"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [len(report[k]) for k in ("e2e", "many", "real")] == [9, 6, 2]
+    assert {c["n_models"] for c in report["many"]} == {2, 4, 8}
+    assert all(c["options"].get("affinity") != "node" for c in report["e2e"])
+    assert [(c["arch"], c["kind"]) for c in report["real"]] == [("resnet18", "planted")] * 2
+    assert all(r["status"].startswith("error") for r in report["e2e"])
+    assert captured.err.count(" running ") == len(started) == 17
+    assert set(report["section_s"]) == {"e2e", "many", "real"}
+
+
 # --- round trips ---------------------------------------------------------------------------
 
 
@@ -372,8 +397,8 @@ def test_bench_backends_plumbing() -> None:
     """--backend: arrays converted to the library asked for, a clear exit for an unknown or absent one,
     and an end-to-end case on torch that recovers the planted permutation."""
     torch = pytest.importorskip("torch")
-    from gamfsolve._bench_models import run_case
     from gamfsolve.bench import backend_tools
+    from gamfsolve.bench._models import run_case
 
     convert, sync = backend_tools("torch")
     assert isinstance(convert(np.zeros(3)), torch.Tensor)
@@ -393,9 +418,9 @@ def test_bench_plot_draws_the_measured_curves(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from gamfsolve._bench_models import run_case
-    from gamfsolve._bench_plot import plot_report
     from gamfsolve.bench import bench_gemm_floor
+    from gamfsolve.bench._models import run_case
+    from gamfsolve.bench._plot import plot_report
 
     many = [run_case({"arch": "mlp", "n_models": n, "scale": 32, "method": "gamf", "options": {"universe": True},
                       "seed": 0}) for n in (2, 4)]

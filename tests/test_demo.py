@@ -45,7 +45,7 @@ def test_demo_argument_errors(
 
 
 def test_demo_table_names_slow_first_calls() -> None:
-    from gamfsolve._cli_demo import MethodRow, _table
+    from gamfsolve.cli._demo import MethodRow, _table
 
     rows = [MethodRow("ot", 90.0, 0.01, 1, True, 0.02), MethodRow("gamf", 91.0, 0.25, 23, True, 2.3)]
     text = _table([89.0, 88.0], 92.0, rows, 2)

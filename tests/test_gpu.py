@@ -12,7 +12,7 @@ import pytest
 from conftest import converter, to_numpy
 
 import gamfsolve as g
-from gamfsolve._bench_models import alignment_error, planted
+from gamfsolve.bench._models import alignment_error, planted
 
 pytestmark = pytest.mark.gpu
 GPU = ("cupy", "torch_cuda")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from nets import attention, pruned_copy, random_perms
 
 import gamfsolve as g
-from gamfsolve._heads import collapse, expand, expand_spec
+from gamfsolve.spec._heads import collapse, expand, expand_spec
 
 seeds = st.integers(0, 2**31 - 1)
 

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gamfsolve import FusionError
-from gamfsolve._kernels import (
+from gamfsolve._xp import namespace
+from gamfsolve.affinity._kernels import (
     AUTO_MAX_RANK_NUMBA,
     AUTO_MIN_SIDE_NUMBA,
     KERNELS,
@@ -25,9 +26,8 @@ from gamfsolve._kernels import (
     edge_features,
     factorised_rank,
 )
-from gamfsolve._kernels._factorised import _cheb, anchor_coefficients, basis, bound_key
-from gamfsolve._kernels._reference import edge_affinity_reference
-from gamfsolve._xp import namespace
+from gamfsolve.affinity._kernels._factorised import _cheb, anchor_coefficients, basis, bound_key
+from gamfsolve.affinity._kernels._reference import edge_affinity_reference
 
 torch = pytest.importorskip("torch")
 xps = pytest.importorskip("array_api_strict")
@@ -477,7 +477,7 @@ def test_numba_cache_hits_in_a_new_process(tmp_path) -> None:
     whose closure holds another dispatcher gets a new cache key in every process: measured, the
     compiled Sinkhorn recompiled in each process, 0.45 s per call of the benchmark)."""
     code = (
-        "import numpy as np; from gamfsolve._kernels import _numba as nb; "
+        "import numpy as np; from gamfsolve.affinity._kernels import _numba as nb; "
         "s = np.ones((4, 4), np.float32); nb.sinkhorn_numba(s, np.zeros((1, 4), np.float32), 1e-4, 10, 5); "
         "x = np.ones((3, 2, 1), np.float32); nb.edge_affinity_numba(x, x, 1.0)"
     )
@@ -490,7 +490,7 @@ def test_numba_cache_hits_in_a_new_process(tmp_path) -> None:
 
 
 def test_import_loads_no_numba() -> None:
-    code = "import sys, gamfsolve, gamfsolve._kernels; assert 'numba' not in sys.modules, 'numba imported eagerly'"
+    code = "import sys, gamfsolve, gamfsolve.affinity._kernels; assert 'numba' not in sys.modules, 'numba imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -506,7 +506,7 @@ def test_matmul_float32_wide_conv_edges() -> None:
 
 def test_one_blas_thread_is_scoped() -> None:
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from gamfsolve._kernels._threads import one_blas_thread
+    from gamfsolve.affinity._kernels._threads import one_blas_thread
 
     def blas_threads() -> list[int]:
         return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
@@ -529,7 +529,7 @@ def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: s
     import contextlib
 
     import gamfsolve
-    import gamfsolve._gamf as gamf_module
+    import gamfsolve.solvers._gamf as gamf_module
 
     seen: list[bool] = []
 
@@ -549,8 +549,8 @@ def test_gamf_limits_blas_only_on_the_pairwise_numba_path(monkeypatch, kernel: s
 
 def test_map_kernel_threshold_follows_kernel_width() -> None:
     """Pairwise exact Numba below the pool size where feature maps pay off; sooner for wide kernels."""
-    from gamfsolve._gamf import MIN_POOL_FOR_MAPS_NUMBA, MIN_POOL_FOR_MAPS_NUMBA_WIDE, _map_kernel
-    from gamfsolve._kernels._numba import available as numba_available
+    from gamfsolve.affinity._kernels._numba import available as numba_available
+    from gamfsolve.solvers._gamf import MIN_POOL_FOR_MAPS_NUMBA, MIN_POOL_FOR_MAPS_NUMBA_WIDE, _map_kernel
 
     if not numba_available():
         pytest.skip("numba not installed")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gamfsolve as g
-from gamfsolve._permute import apply_maps
+from gamfsolve.spec._permute import apply_maps
 
 SPEC = g.PermutationSpec({"a": ("g",), "b": ("h",), "cat": (g.Concat("g", 1, "h"),)})
 PARAMS = {"a": np.zeros(2), "b": np.zeros(3), "cat": np.arange(6.0)}

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from nets import conv_chain, mlp, random_perms, residual
 
 import gamfsolve as g
-from gamfsolve._assign import sinkhorn
+from gamfsolve.solvers._assign import sinkhorn
 
 seeds = st.integers(0, 2**31 - 1)
 widths = st.integers(2, 9)
@@ -88,8 +88,8 @@ def test_compiled_sinkhorn_matches_the_array_code(seed, n, tau, dtype):
     import array_api_compat.numpy as xp
     import pytest
 
-    import gamfsolve._assign as assign
-    from gamfsolve._kernels import _numba
+    import gamfsolve.solvers._assign as assign
+    from gamfsolve.affinity._kernels import _numba
 
     if not _numba.available():
         pytest.skip("numba not installed")
@@ -127,7 +127,7 @@ def test_scaling_sinkhorn_takes_the_log_domain_steps(seed, n, tau, dtype):
     """Iterating on scalings with absorption is the log-domain iteration in exact arithmetic."""
     import array_api_compat.numpy as xp
 
-    from gamfsolve._assign import _sinkhorn_log, _sinkhorn_scaling
+    from gamfsolve.solvers._assign import _sinkhorn_log, _sinkhorn_scaling
 
     rng = np.random.default_rng(seed)
     s = (rng.normal(size=(n, n)) / tau).astype(dtype)
@@ -146,7 +146,7 @@ def test_scaling_sinkhorn_takes_the_log_domain_steps(seed, n, tau, dtype):
 def test_scaling_sinkhorn_absorbs_large_scalings_and_falls_back_when_they_overflow(monkeypatch):
     import array_api_compat.numpy as xp
 
-    import gamfsolve._assign as assign
+    import gamfsolve.solvers._assign as assign
 
     rng = np.random.default_rng(1)
     s = (rng.normal(size=(50, 50)) / 0.005).astype(np.float32)  # low temperature: potentials move a lot

@@ -78,7 +78,7 @@ def test_progress_option_is_checked() -> None:
 
 
 def test_first_compile_is_announced(caplog, monkeypatch) -> None:
-    from gamfsolve._kernels import _numba
+    from gamfsolve.affinity._kernels import _numba
 
     class Fresh:
         signatures = ()

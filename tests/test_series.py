@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from nets import conv_chain, mlp, noisy, random_perms
 
 import gamfsolve as g
-from gamfsolve._kernels import edge_affinity
-from gamfsolve._kernels._series import max_degree, series_error, series_features, series_rank
+from gamfsolve.affinity._kernels import edge_affinity
+from gamfsolve.affinity._kernels._series import max_degree, series_error, series_features, series_rank
 
 
 def _edges(rng: np.random.Generator, n: int, e: int, d: int, scale: float = 1.0) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_gamf_on_convolutions_ends_where_the_exact_kernel_ends(level: float) -> 
 
 
 def test_hungarian_stage_ends_on_the_float32_level_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gamfsolve import _gamf
+    from gamfsolve.solvers import _gamf
 
     temps: list[float | None] = []
     scores = _gamf._Problem.group_scores

@@ -130,7 +130,7 @@ def test_unknown_method_and_option():
 def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
     """Within a colour class the features are fixed and the kernel symmetric: model j's affinity
     to model k is read as the transpose of k's to j, with the very same result."""
-    import gamfsolve._scores as scores
+    import gamfsolve.affinity._scores as scores
 
     rng = np.random.default_rng(6)
     models = [noisy(mlp([6, 9, 8, 3], rng)[0], 0.0, rng) for _ in range(4)]
@@ -166,7 +166,7 @@ def test_universe_computes_each_pairwise_affinity_once(monkeypatch):
 def test_affinities_of_features_that_never_move_are_computed_once(monkeypatch, n_models):
     """A first layer's incoming weights and biases (no other mapped axis) give the same pairwise
     affinity in every sweep: it is computed once per pair of models for the whole solve."""
-    import gamfsolve._scores as scores
+    import gamfsolve.affinity._scores as scores
 
     rng = np.random.default_rng(8)
     models = [mlp([6, 9, 8, 3], rng)[0] for _ in range(n_models)]
@@ -186,8 +186,8 @@ def test_affinities_of_features_that_never_move_are_computed_once(monkeypatch, n
 
 
 def test_edge_weights_make_every_weight_tensor_count_equally():
-    from gamfsolve._affinity import edge_weights, param_sigmas
-    from gamfsolve._objective import matched_affinity
+    from gamfsolve.affinity._affinity import edge_weights, param_sigmas
+    from gamfsolve.affinity._objective import matched_affinity
 
     rng = np.random.default_rng(3)
     a, b = mlp([6, 9, 8, 3], rng)[0], mlp([6, 9, 8, 3], rng)[0]
@@ -248,9 +248,9 @@ def _channels_last(params: dict, spec: g.PermutationSpec, hw: int) -> tuple[dict
 def test_a_flattened_map_is_one_vector_edge_per_channel():
     """A dense layer reading a flattened (C, H, W) map: each (output, channel) edge is the
     channel's H x W map of weights, one vector, as a convolution's edge is its kernel slice."""
-    from gamfsolve._affinity import param_sigmas
-    from gamfsolve._features import edge_dims, unit_features
-    from gamfsolve._objective import matched_affinity
+    from gamfsolve.affinity._affinity import param_sigmas
+    from gamfsolve.affinity._features import edge_dims, unit_features
+    from gamfsolve.affinity._objective import matched_affinity
 
     rng = np.random.default_rng(0)
     a, spec, _ = conv_chain([2, 5, 6], rng, hw=3, n_out=4)

@@ -11,7 +11,7 @@ from nets import conv_chain, keep_units, mlp, pruned_copy, residual
 from scipy.optimize import linear_sum_assignment
 
 import gamfsolve as g
-from gamfsolve._assign import hungarian
+from gamfsolve.solvers._assign import hungarian
 
 METHODS = ["gamf", "weight_matching", "ot"]
 

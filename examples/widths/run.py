@@ -39,7 +39,7 @@ def run_cell(proto: ep.Protocol, train, test, widths: tuple[int, ...], partition
         models.append(_demo.train(model, sub.x, sub.y, epochs=proto.epochs, lr=proto.lr, seed=100 * seed + k))
     spec = _demo.spec_for("mlp", train.x.shape[1], bias=False)
     arrays = [_demo.to_arrays(m) for m in models]
-    widest = models[gamfsolve._validate.widest(arrays, spec)]
+    widest = models[gamfsolve.spec._validate.widest(arrays, spec)]
     record = {
         "widths": list(widths), "partition": partition, "seed": seed,
         "individual": [_demo.accuracy(m, test.x, test.y) for m in models],

@@ -1,0 +1,169 @@
+"""The "real networks" bench section: the literature's architectures from their real definitions.
+
+Each case builds two models of one architecture in a fresh process (PyTorch and Hugging Face
+``transformers`` classes at random initialisation; nothing is downloaded), derives the spec with
+the PyTorch adapter, and times :func:`gamfsolve.match` for one method on the models' arrays:
+
+- ``pair``: two independent initialisations (seeds 0 and 1), as a user fusing two models has;
+- ``planted``: model 0 and a copy with every group permuted at random and 1% noise added: the
+  fraction of units put back in place is the recovery.
+
+``python -m gamfsolve.bench._real '{"arch": "resnet18", "kind": "pair", "method": "gamf"}'`` runs one
+case and prints a JSON line; :func:`bench_real` runs them all (``nox -s bench``, section ``real``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ARCHS", "bench_real", "build", "run_case"]
+
+# name -> (description, input side); full sizes, and the quick ones (--quick) in build()
+ARCHS: dict[str, str] = {
+    "resnet18": "HF ResNet, torchvision's ResNet-18 layout (basic blocks 2-2-2-2, 64-512), 64 px",
+    "resnet50": "HF ResNet, torchvision's ResNet-50 layout (bottlenecks 3-4-6-3, 256-2048), 64 px",
+    "vgg11_bn": "VGG-11 with BatchNorm (CIFAR layout, 64-512), 32 px",
+    "mobilenet_v2": "HF MobileNetV2 (width 1.0), 64 px",
+    "efficientnet_b0": "HF EfficientNet-B0, 64 px",
+    "vit_s16_mlp": "HF ViT-S/16 (384 wide, 12 blocks, MLP 1536), 64 px: the feed-forward groups",
+    "vit_b16": "HF ViT-B/16 (768 wide, 12 blocks, 12 heads, MLP 3072; 86 M parameters), 224 px",
+}
+
+
+LABELS: dict[str, Any] = {"num_labels": 1000}  # ImageNet-sized classifiers
+
+
+def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
+    """``(module, example input)`` of ``arch`` at random initialisation ``seed`` (eval mode)."""
+    import torch
+
+    torch.manual_seed(seed)
+    w = 4 if quick else 1  # quick: every width divided by 4
+    if arch == "vgg11_bn":
+        from ..adapters import torch_zoo
+
+        model = torch_zoo.vgg11(batch_norm=True, base=64 // w)
+        x = torch.randn(2, 3, 32, 32)
+    else:
+        import transformers as tf
+
+        if arch in ("resnet18", "resnet50"):
+            deep = arch == "resnet50"
+            sizes = [256, 512, 1024, 2048] if deep else [64, 128, 256, 512]
+            cfg = tf.ResNetConfig(depths=[3, 4, 6, 3] if deep else [2, 2, 2, 2], hidden_sizes=[s // w for s in sizes],
+                                  embedding_size=64 // w, layer_type="bottleneck" if deep else "basic", **LABELS)
+            model = tf.ResNetForImageClassification(cfg)
+        elif arch == "mobilenet_v2":
+            model = tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(
+                depth_multiplier=1.0 / w, image_size=64, **LABELS))
+        elif arch == "efficientnet_b0":
+            # (HF's EfficientNet breaks at width coefficients below 1: quick mode halves the depth instead)
+            model = tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
+                depth_coefficient=0.5 if quick else 1.0, image_size=64, **LABELS))
+        elif arch == "vit_s16_mlp":
+            model = tf.ViTForImageClassification(tf.ViTConfig(
+                hidden_size=384 // w, num_hidden_layers=12 // w, num_attention_heads=6 // (2 if quick else 1),
+                intermediate_size=1536 // w, image_size=64, patch_size=16, **LABELS))
+        elif arch == "vit_b16":
+            model = tf.ViTForImageClassification(tf.ViTConfig(
+                hidden_size=768 // w, num_hidden_layers=12 // w, num_attention_heads=12 // (2 if quick else 1),
+                intermediate_size=3072 // w, image_size=224, patch_size=16, **LABELS))
+            return model.eval(), torch.randn(1, 3, 224, 224)
+        else:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
+        x = torch.randn(2, 3, 64, 64)
+    return model.eval(), x
+
+
+def _arrays(module: Any, names: Any) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items() if k in names}
+
+
+def _peak_mib() -> float:
+    from ._models import _rss_mib
+
+    return _rss_mib()
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """One case ``{"arch", "kind": "pair" | "planted", "method", "options", "quick"}``; a JSON-able row."""
+    import gamfsolve as gs
+
+    from ..adapters import torch as gt
+
+    quick = bool(case.get("quick", False))
+    a, x = build(case["arch"], 0, quick)
+    start = time.perf_counter()
+    spec = gt.spec_from_module(a, x)
+    derive_s = time.perf_counter() - start
+    first = _arrays(a, spec.axes)
+    rng = np.random.default_rng(0)
+    if case["kind"] == "planted":
+        sizes = spec.group_sizes({k: v.shape for k, v in first.items()})
+        planted = {g: rng.permutation(n) for g, n in sizes.items()}
+        copy = gs.permute(first, spec, planted)
+        second = {k: (v + 0.01 * float(np.std(v)) * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in copy.items()}
+    else:
+        second = _arrays(build(case["arch"], 1, quick)[0], spec.axes)
+    n_units = sum(spec.group_sizes({k: v.shape for k, v in first.items()}).values())
+    del a
+    before = _peak_mib()
+    start, cpu = time.perf_counter(), time.process_time()
+    result = gs.match([second, first], spec, method=case["method"], seed=0, **case.get("options", {}))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    row = {**case, "status": "ok", "time_s": wall, "cpu_s": cpu, "derive_s": derive_s, "n_iter": result.n_iter,
+           "groups": len(spec.groups), "units": n_units,
+           "params_m": sum(v.size for v in first.values()) / 1e6,
+           "model_mib": 2 * sum(v.nbytes for v in first.values()) / 2**20,
+           "rss_before_mib": before, "peak_rss_mib": _peak_mib()}
+    if case["kind"] == "planted":  # match() put ``first`` (model 1) into ``second``'s order
+        hits = sum(int(np.sum(np.asarray(result.perms[g][1]) == planted[g])) for g in spec.groups)
+        row["recovered"] = hits / max(1, n_units)
+    return row
+
+
+CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp", "vit_b16")
+QUICK_CASES = ("resnet18",)  # --quick: one architecture at a quarter of its widths, planted copies only
+METHODS: tuple[tuple[str, dict[str, Any]], ...] = (("weight_matching", {}), ("gamf", {}))
+HEADER = (f"{'model':<16} {'kind':<8} {'method':<16} {'params':>7} {'time':>9} {'vs w.m.':>8} {'cpu':>9} "
+          f"{'vs w.m.':>8} {'iters':>5} {'recovered':>9} {'peak MiB':>8} {'+MiB':>7} {'models MiB':>10}")
+
+
+def _line(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+    if r.get("status") != "ok":
+        return f"{r['arch']:<16} {r['kind']:<8} {r['method']:<16} {r.get('status')}"
+    ratio = f"{r['time_s'] / base['time_s']:7.1f}x" if base else "       -"
+    cpu_ratio = f"{r['cpu_s'] / base['cpu_s']:7.1f}x" if base else "       -"
+    rec = f"{r['recovered']:9.4f}" if "recovered" in r else f"{'-':>9}"
+    return (f"{r['arch']:<16} {r['kind']:<8} {r['method']:<16} {r['params_m']:6.1f}M {r['time_s']:8.1f}s {ratio} "
+            f"{r['cpu_s']:8.1f}s {cpu_ratio} {r['n_iter']:>5} {rec} {r['peak_rss_mib']:8.0f} "
+            f"{r['peak_rss_mib'] - r['rss_before_mib']:7.0f} {r['model_mib']:10.1f}")
+
+
+def bench_real(quick: bool, log: Callable[[str], None], timeout: float,
+               run: Callable[[dict[str, Any], float, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every architecture, both kinds, weight matching then gamf, side by side; ``run(case, timeout,
+    module)`` runs one case in a fresh process."""
+    log(HEADER)
+    rows = []
+    for arch in QUICK_CASES if quick else CASES:
+        for kind in ("planted",) if quick else ("pair", "planted"):
+            base = None
+            for method, options in METHODS:
+                case = {"arch": arch, "kind": kind, "method": method, "options": options, "quick": quick}
+                r = run(case, timeout, "gamfsolve.bench._real")
+                if method == "weight_matching" and r.get("status") == "ok":
+                    base = r
+                rows.append(r)
+                log(_line(r, base if method != "weight_matching" else None))
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_case(json.loads(sys.argv[1]))))

@@ -1,0 +1,327 @@
+"""GAMF: graduated assignment model fusion (Liu et al., ICML 2022, Alg. 1 and Alg. 2).
+
+Two models (Alg. 1): model 0 is the anchor (its order is the common order); model 1's
+soft plans ``P_g`` are updated group by group from the gradient of the Lawler QAP
+``R_g = d/dP_g sum P K P``, which for the Gaussian edge affinity only involves the layers
+next to ``g`` (the "three-layer window"), then projected by Sinkhorn at temperature ``tau``;
+``tau`` is annealed and the last stage projects by Hungarian, so the output is an exact
+permutation. Many models (Alg. 2): every model ``k`` gets a map ``U_g^(k)`` into a shared
+universe and ``R_g^(k) = sum_{k' != k} w_k' R_g(k, k') U_g^(k')``, so all pairwise matchings
+``U^(k) U^(k')^T`` are cycle-consistent by construction.
+
+Departures from the released research code, each fixing a measured failure
+(ALGORITHM.md, sec. 4): ``R`` is standardised so ``tau`` is scale-free; ``sigma`` adapts to
+each parameter's scale; groups are updated Gauss-Seidel by colour classes (groups that share
+no parameter are updated together), which removes the 2-cycles of simultaneous updates;
+a stage ends when the plans stop moving; the discrete stage stops at a fixed point or a
+2-cycle and returns the best iterate it saw. And one departure from the paper's objective:
+each weight tensor's edges are weighed by 1 / its edge count (``balance="param"``,
+``_affinity.edge_weights``), so a unit hears each of its layers equally; and for models of
+one width the kernel is 30 times wider than two independent edges' expected squared distance
+(``sigma_scale``), near its linear limit over typical distances and bounded for outliers:
+measured at or above the paper-like width 1 on every two-model cell of the MNIST ensemble
+protocol.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._api import match, register_method
+from .._errors import ConvergenceWarning, FusionError, OptionError
+from .._progress import Progress
+from .._result import MatchResult
+from .._xp import from_host, to_host
+from ..affinity._affinity import AFFINITIES, BALANCES, edge_weights, param_sigmas
+from ..affinity._features import color_groups
+from ..affinity._kernels._numba import available as numba_available
+from ..affinity._kernels._threads import one_blas_thread
+from ..affinity._objective import matched_affinity
+from ..affinity._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
+from ..spec._spec import PermutationSpec
+from ..spec._validate import Checked
+from ._assign import hungarian, sinkhorn
+
+__all__: list[str] = []
+
+Array = Any
+Maps = dict[str, Array]
+INITS = ("auto", "uniform", "identity", "random", "weight_matching")
+
+
+class _Problem:
+    """The fixed data of one solve: models, spec, kernel widths, colour classes, partners."""
+
+    def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
+                 universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str,
+                 wide: bool = False, series: bool = True) -> None:
+        self.models, self.spec, self.xp = models, spec, checked.xp
+        self.series = series and kernel == "auto"
+        self.sizes, self.weights = checked.sizes, checked.weights
+        self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
+        self.edge_weights = edge_weights(models, spec, sigmas, balance)
+        self.universe, self.device = universe, checked.device
+        self.own = None if checked.same_widths else checked.model_sizes  # narrower models' real units
+        self.live = None if checked.same_widths else checked.live
+        self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
+        self.pool = list(range(len(models))) if universe else [0]
+        self.colors = color_groups(spec)
+        ranges = value_ranges(models, list(sigmas), checked.xp)
+        weight_bytes = sum(array_nbytes(x) for m in models for x in m.values())
+        # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
+        # stage; bounded so that peak memory stays a small multiple of the models' own.
+        self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
+                                  kernel=_map_kernel(kernel, models, len(self.pool), wide), xp=self.xp,
+                                  budget=weight_bytes // 4 + (16 << 20), own=self.own,
+                                  series_budget=weight_bytes + (32 << 20))
+
+    def group_scores(self, group: str, maps: list[Maps], tau: float | None = None) -> GroupScores:
+        """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn
+        stage's temperature, which sets how closely a short series must match the exact kernel to
+        stand in for it (None: the end of the Hungarian stage, float32 rounding; see :mod:`._kernels._series`)."""
+        return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
+                           sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
+                           live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
+                           tau=tau, movers=self.movers, series=self.series)
+
+
+# Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input, per
+# outer iteration on N planted MLPs 784-256-256-256-10 (one process per case, 2 cores, BLAS at one
+# thread on the pairwise path), pairwise / templates: at the paper-like kernel width 1 (map rank
+# ~20) 1.11 / 1.76 s at N = 12, 2.27 / 2.24 at 16 (peak 293 / 1174 MiB): templates from 17 models
+# on. The wide default kernel (sigma_scale 30) needs maps of lower rank: 0.53 / 0.64 s at N = 10,
+# 0.87 / 0.72 at 12, 1.97 / 1.00 at 16 (width 1 at N = 12: 1.01 / 1.60): templates from 12 models
+# on there. (On a GPU the maps are taken at every N: pairwise there is not measured.) The Sinkhorn
+# stage's series feature maps (``series=True``) are templates at every N whatever this choice.
+MIN_POOL_FOR_MAPS_NUMBA = 17
+MIN_POOL_FOR_MAPS_NUMBA_WIDE = 12
+
+
+def _map_kernel(kernel: str, models: Sequence[Mapping[str, Array]], pool: int, wide: bool = False) -> str:
+    """Kernel name for the feature cache's maps: ``"numba"`` (no maps) where pairwise is faster;
+    ``wide``: kernel widths of at least ``SIGMA_SCALE`` (lower-rank maps, templates pay off sooner)."""
+    if kernel != "auto" or pool >= (MIN_POOL_FOR_MAPS_NUMBA_WIDE if wide else MIN_POOL_FOR_MAPS_NUMBA):
+        return kernel
+    first = next(iter(models[0].values()))
+    return "numba" if isinstance(first, np.ndarray) and numba_available() else kernel
+
+
+def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) -> list[Maps]:
+    xp, dev = prob.xp, checked.device
+    dtype = prob.models[0][next(iter(prob.models[0]))].dtype
+    maps: list[Maps] = [{} for _ in prob.models]
+    if init == "weight_matching":
+        res = match(prob.models, prob.spec, method="weight_matching", seed=seed)
+        return [res.model_perms(k) for k in range(len(prob.models))]
+    rng = np.random.default_rng(seed)
+    for k in prob.movers:
+        for g, n in prob.sizes.items():
+            if init == "identity" or (prob.universe and k == 0 and init == "uniform"):
+                maps[k][g] = xp.arange(n, device=dev)  # the universe starts in model 0's order
+            elif init == "uniform":
+                maps[k][g] = xp.full((n, n), 1.0 / n, dtype=dtype, device=dev)
+            else:
+                noise = from_host(rng.standard_normal((n, n)), xp, prob.models[0][next(iter(prob.models[0]))])
+                maps[k][g] = sinkhorn(xp.astype(noise, dtype), 1.0, xp)[0]
+    return maps
+
+
+def _same(old: Array | None, new: Array, xp: Any) -> bool:
+    return old is not None and old.ndim == 1 and bool(xp.all(old == new))
+
+
+def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:
+    return tuple(to_host(maps[k][g]).tobytes() for k in movers for g in sorted(maps[k]))
+
+
+def _change(old: list[Maps], new: list[Maps], movers: list[int], xp: Any) -> float:
+    """Largest mean absolute change of a plan in the last sweep (exact maps count as changed)."""
+    worst = 0.0
+    for k in movers:
+        for g, m in new[k].items():
+            o = old[k].get(g)
+            if o is None or o.ndim != 2 or m.ndim != 2:
+                return float("inf")
+            worst = max(worst, float(xp.mean(xp.abs(m - o))))
+    return worst
+
+
+GAMMA_TWO = 0.7  # the annealing factor's default for two models (examples/defaults)
+GAMMA_UNIVERSE = 0.85  # and in the shared universe (N > 2 by default): see _gamf's docstring
+SIGMA_SCALE = 30.0  # the kernel width's default multiple of 2 D var(w), models of one width
+SIGMA_SCALE_WIDTHS = 1.0  # and for models of different widths: see _gamf's docstring
+
+
+@register_method("gamf")
+def _gamf(
+    models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked, *, seed: int | None,
+    affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
+    sigma_scale: float | None = None, tau0: float = 1.0, gamma: float | None = None, tau_min: float = 0.02,
+    max_sweeps: int = 8, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
+    max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
+    series: bool = True, progress: bool = False,
+) -> MatchResult:
+    """Graduated assignment; see the module docstring. Options are keyword-only.
+
+    ``affinity``: "edge" (the paper's) or "node"; ``sigma_scale``: each parameter's kernel width
+    in units of ``2 D var(w)``, the expected squared distance of two independent edges (``sigma``
+    sets widths outright). The default is 30 for models of one width, 1 for models of different
+    widths. 30 puts the Gaussian near its linear limit (weight
+    matching's objective, with each tensor balanced) over typical distances while keeping it
+    bounded for outliers; against width 1, paired on models trained as the MNIST ensemble
+    protocol trains them: LeNet N = 2 homog +0.6 +- 0.5 and +0.8 +- 0.4 points (two sets of 40 pairs),
+    hetero +0.8 +- 0.9 and +0.1 +- 0.7, MLP N = 2 hetero +0.2 +- 0.3 (15) and +0.5 +- 0.2 (25),
+    homog +0.1 +- 0.1, N = 4 hetero +0.8 +- 0.4, homog -0.1 +- 0.1 (15), LeNet N = 4 level
+    (+0.2 +- 1.0 homog, 15 fusions). Models of different widths keep width 1: the narrow
+    kernel's locality is what finds a pruned copy's units among empty slots (planted pruned
+    copies of a small residual net recovered 20 / 20 at 1, 16 at 3, 12 at 30); ``tau0 > tau_min``, ``0 < gamma < 1``: the
+    annealing schedule on the standardised scores (``gamma`` by default 0.7 for two models, 0.85 in
+    the universe: slower annealing there, measured paired over 15 fusions per cell on N = 4
+    models, LeNet homog +2.8 +- 0.8 points, MLP hetero +0.6 +- 0.3, the other two cells level, at
+    about twice the iterations; for two models it did not help); ``max_sweeps``: sweeps per temperature at
+    most (a stage also ends when plans change by less than ``tol``); ``init``: "auto" (uniform
+    plans for two models; random plans, the paper's, in the universe: from uniform plans the
+    universe's symmetry is broken late and greedily, measured 4-11 points lower on LeNet N = 4), "uniform",
+    "identity", "random" (the paper's) or "weight_matching"; ``universe``: Alg. 2 for all
+    models (default when N > 2) instead of aligning to model 0; ``balance``: "param" (each weight
+    tensor's edges weighed by 1 / its edge count, so a unit hears each of its layers equally:
+    measured on MNIST MLPs, N = 2 hetero +1.6 +- 0.3 points over 25 pairs, N = 4 hetero +4.0 +- 0.8)
+    or "sqrt" (1 / sqrt of the edge count: ahead of "param" on LeNet pairs, +3.4 points over 40
+    pairs, behind it on MLPs) or "edge" (the paper's plain sum over edges); see ``_affinity``.
+    It also weighs the objective that picks the best Hungarian iterate, whatever the
+    ``affinity``. ``result.info`` reports ``universe``, ``affinity``, ``sigmas``, ``sigma_scale``,
+    ``gamma`` and ``balance``.
+    """
+    if affinity not in AFFINITIES:
+        raise OptionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
+    if init not in INITS:
+        raise OptionError(f"init must be one of {INITS}, got {init!r}")
+    if balance not in BALANCES:
+        raise OptionError(f"balance must be one of {BALANCES}, got {balance!r}")
+    uni = len(models) > 2 if universe is None else bool(universe)
+    if gamma is None:
+        gamma = GAMMA_UNIVERSE if uni else GAMMA_TWO
+    if not (0 < gamma < 1 and tau0 > tau_min > 0):
+        raise OptionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
+    xp = checked.xp
+    if init == "auto":
+        init = "random" if uni else "uniform"
+    if sigma_scale is None:
+        sigma_scale = SIGMA_SCALE if checked.same_widths else SIGMA_SCALE_WIDTHS
+    sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
+    prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance,
+                    wide=sigma is None and sigma_scale >= SIGMA_SCALE, series=bool(series))
+    maps = _init_maps(prob, init, seed, checked)
+    # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
+    # that spin between products would halve the kernels' speed (gamfsolve/affinity/_kernels/_threads.py);
+    # the node affinity is all products
+    with one_blas_thread(prob.kind == "edge" and prob.cache.kernel == "numba"), Progress(progress, "gamf") as bar:
+        best, trace, it, converged, message = _anneal(
+            prob, maps, tau0=tau0, gamma=gamma, tau_min=tau_min, max_sweeps=max_sweeps, tol=tol,
+            sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter, bar=bar)
+    if best is None:
+        raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
+    if not converged:
+        warnings.warn(f"gamf stopped after {it} iterations without converging", ConvergenceWarning, stacklevel=3)
+    final = best[1]
+    perms = {g: [_perms_of(prob, final, k)[g] for k in range(len(models))] for g in spec.groups}
+    return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
+                       message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas,
+                                                     "sigma_scale": sigma_scale, "gamma": gamma, "balance": balance})
+
+
+def _anneal(
+    prob: _Problem, maps: list[Maps], *, tau0: float, gamma: float, tau_min: float, max_sweeps: int, tol: float,
+    sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int, bar: Progress,
+) -> tuple[tuple[float, list[Maps]] | None, list[float], int, bool, str]:
+    """Alg. 1 / 2's loop: Sinkhorn sweeps at falling temperature, then Hungarian sweeps until a
+    fixed point or a 2-cycle. Updates ``maps`` in place; returns the best Hungarian iterate
+    (objective, maps), the objective trace, the iterations, whether it converged, and why it stopped.
+
+    The Hungarian stage first scores with the series wherever it was accurate enough at the last
+    temperature, then, from that stage's fixed point, with the exact kernel until its own fixed
+    point: the result is a fixed point of the exact objective's Hungarian sweep, as without the
+    series, and most of the stage's sweeps cost a matrix product per layer. Every iterate is
+    valued by the exact objective (:func:`matched_affinity`)."""
+    models, spec, sigmas, xp = prob.models, prob.spec, prob.sigmas, prob.xp
+    potentials: dict[tuple[int, str], Array] = {}
+    tau, sweeps_at_tau = tau0, 0
+    discrete = exact = False
+    used_series = False  # a series stood in for the exact kernel somewhere in this sweep
+    seen: list[tuple[bytes, ...]] = []
+    trace: list[float] = []
+    best: tuple[float, list[Maps]] | None = None
+    converged, message, it = False, "iteration limit reached", 0
+    for it in range(1, max_iter + 1):
+        old = [dict(m) for m in maps]
+        used_series = False
+        for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
+            # With several movers the class's scores objects live through the class (templates);
+            # with one (two models) each is dropped after use: one group's features at a time.
+            keep = len(prob.movers) > 1
+            state: dict[str, GroupScores] = {}
+            for k in prob.movers:
+                scores, live = {}, []
+                for g in color:
+                    st = state[g] if g in state else prob.group_scores(g, maps, None if exact else tau)
+                    used_series = used_series or bool(st.series_degree)
+                    if keep:
+                        state[g] = st
+                    scores[g] = st.scores(k, maps)
+                    live.append(st.live(k))
+                    del st
+                if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
+                    new = dict(zip(color, hungarian(list(scores.values()), xp, live=live), strict=True))
+                    # an unchanged index vector keeps its object: templates need no update and
+                    # the neighbours' cached features stay valid
+                    new = {g: m for g, m in new.items() if not _same(maps[k].get(g), m, xp)}
+                else:
+                    new = {}
+                    for g, r in scores.items():
+                        new[g], potentials[k, g], _ = sinkhorn(r, tau, xp, tol=sinkhorn_tol,
+                                                               max_iter=sinkhorn_max_iter, v=potentials.get((k, g)))
+                for g, m in new.items():
+                    if g in state:
+                        state[g].moved(k, maps[k].get(g), m)
+                    maps[k][g] = m
+        if not discrete:
+            bar.update(it, f"sinkhorn tau={tau:.3g}")
+            sweeps_at_tau += 1
+            if _change(old, maps, prob.movers, xp) < tol or sweeps_at_tau >= max_sweeps:
+                tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
+                discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
+            continue
+        value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp,
+                                 prob.edge_weights)
+        trace.append(value)
+        bar.update(it, "hungarian", value)
+        if best is None or value > best[0]:
+            best = (value, [dict(m) for m in maps])
+        snap = _snapshot(maps, prob.movers)
+        settled = snap in seen[-2:]  # a fixed point or a 2-cycle
+        if not exact and settled:
+            exact = True  # the series stage settled: go on with the exact kernel from here
+            if used_series:
+                seen = [snap]
+                continue
+        if seen and snap == seen[-1]:
+            converged, message = True, "fixed point of the Hungarian stage"
+            break
+        if len(seen) >= 2 and snap == seen[-2]:
+            converged, message = True, "2-cycle in the Hungarian stage; returned the better iterate"
+            break
+        seen.append(snap)
+    return best, trace, it, converged, message
+
+
+def _perms_of(prob: _Problem, maps: list[Maps], k: int) -> dict[str, Array]:
+    out = {}
+    for g, n in prob.sizes.items():
+        m = maps[k].get(g)
+        out[g] = prob.xp.arange(n, device=prob.device) if m is None else m
+    return out
+
