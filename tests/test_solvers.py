@@ -75,7 +75,7 @@ def test_gamf_converges_and_reports():
     result = g.match(models, spec, method="gamf", seed=0)
     assert result.converged and result.n_iter > 1 and result.objective
     assert 0 < result.objective[-1] <= 1 and "Hungarian" in result.message
-    assert result.info["universe"] is False and result.info["gamma"] == 0.7
+    assert result.info["universe"] is False and result.info["gamma"] == 0.5
     in_universe = g.match(models, spec, method="gamf", universe=True, seed=0)
     assert in_universe.info["universe"] is True and in_universe.info["gamma"] == 0.85  # slower annealing there
     assert in_universe.n_iter > result.n_iter
