@@ -89,6 +89,7 @@ def correct(fused: nn.Module, aligned: Sequence[nn.Module], batches: Sequence[to
         scale = torch.where(std > 1e-8, std_t / std.clamp_min(1e-12), torch.ones_like(std))
         module = model.get_submodule(name)
         weight, bias = module.weight, module.bias
+        assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
         shape = [1] * weight.ndim
         shape[_channel_axis(module)] = -1
         weight.mul_(scale.reshape(shape).to(weight))

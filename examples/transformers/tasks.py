@@ -103,11 +103,11 @@ def build(task: Task, seed: int) -> nn.Module:
     """A freshly initialised Hugging Face model for ``task`` (weights drawn from ``seed``), eval mode."""
     torch.manual_seed(seed)
     if task.kind == "vit":
-        config = transformers.ViTConfig(
-            image_size=28, patch_size=7, num_channels=1, num_labels=10, hidden_size=task.hidden,
-            num_hidden_layers=task.layers, num_attention_heads=task.heads, intermediate_size=2 * task.hidden,
-            initializer_range=task.init_std)
-        return transformers.ViTForImageClassification(config).eval()
+        vit = transformers.ViTConfig(
+            image_size=28, patch_size=7, num_channels=1, hidden_size=task.hidden, num_hidden_layers=task.layers,
+            num_attention_heads=task.heads, intermediate_size=2 * task.hidden, initializer_range=task.init_std)
+        vit.num_labels = 10
+        return transformers.ViTForImageClassification(vit).eval()
     context = task.test_x.shape[1] - 1
     config = transformers.GPT2Config(
         vocab_size=256, n_positions=context, n_embd=task.hidden, n_layer=task.layers, n_head=task.heads,
@@ -127,6 +127,7 @@ def batch(task: Task, rng: np.random.Generator, size: int, context: int) -> tupl
     """A training mini-batch: images and labels, or token windows and their next tokens."""
     if task.kind == "vit":
         idx = rng.integers(0, len(task.train_x), size)
+        assert task.train_y is not None
         return torch.from_numpy(task.train_x[idx]).float().unsqueeze(1), torch.from_numpy(task.train_y[idx])
     starts = rng.integers(0, len(task.train_x) - context - 1, size)
     win = torch.from_numpy(np.stack([task.train_x[s: s + context + 1] for s in starts]).astype(np.int64))
