@@ -1,4 +1,5 @@
-"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, torchvision (not in CI), demo, ensemble, docs.
+"""Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, torchvision (not in CI), demo, ensemble,
+transformers, docs.
 
 Python: every session runs on the interpreter that runs nox, which must be one the package
 supports (3.10-3.13), else the session fails; `nox -s tests_all` runs the fast suite on every
@@ -175,6 +176,14 @@ def ensemble(session: nox.Session) -> None:
     """The paper's compact-ensemble protocol on MNIST, 10 seeds; writes examples/ensemble/RESULTS.md and figures (20 min)."""
     _install(session, "torch,examples,numba")
     session.run("python", "examples/ensemble/run.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def transformers(session: nox.Session) -> None:
+    """Small Hugging Face ViT and GPT-2 pairs fused by each method; writes examples/transformers/RESULTS.md (30 min)."""
+    _install(session, "torch,examples,numba")
+    session.install(*CONSTRAINTS, "transformers>=4.46")
+    session.run("python", "examples/transformers/run.py", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)
