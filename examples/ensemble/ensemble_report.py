@@ -493,16 +493,25 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
         "method alike. Each part is sized to run within an hour on one CPU thread:",
         "",
         "| part | architectures | training images | held-out images | epochs | seeds | REPAIR images | cells | "
-        "minutes (threads) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "minutes (threads) | CPU minutes | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recs, m in runs:
         out.append(
             f"| {m.get('part', '')} | {', '.join(m['archs'])} | {m['n_train']} | {m['n_test']} | {m['epochs']} | "
             f"{len(m['seeds'])} | {m['repair_images']} | {len(recs)} of {m['cells']} | "
-            f"{m['total_minutes']:.1f} ({m['threads']}) |"
+            f"{m['total_minutes']:.1f} ({m['threads']}) | {m.get('cpu_minutes', float('nan')):.1f} | "
+            f"{np.mean(m.get('load_averages') or [float('nan')]):.1f} |"
         )
-    out += ["", f"All parts: {minutes:.1f} min on the machine's shared 2 cores.", ""]
+    out += [
+        "",
+        f"All parts: {minutes:.1f} min of wall time on a machine with 2 cores shared with other work, "
+        f"{sum(m.get('cpu_minutes', 0.0) for _, m in runs):.1f} CPU minutes (this process's own CPU time; "
+        "the load average column is the machine's 1-minute load, all users, sampled after each cell: "
+        "above 2 the wall time is stretched by other work). Run on two cores as two processes, one thread "
+        "each: `--part bn --part mlp-lenet` in one, `--part bn-wide` in the other.",
+        "",
+    ]
     for recs, m in runs:
         for arch, desc in m["archs"].items():
             rows = [r for r in recs if r["arch"] == arch]

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 
 import torch
 from tqdm.auto import tqdm
@@ -127,15 +127,17 @@ def _meta(proto: ep.Protocol, train: datasets.Dataset, test: datasets.Dataset, t
 
 def run(out: Path, stem: str, proto: ep.Protocol, args: argparse.Namespace) -> float:
     """Run (or resume) one protocol into ``out/stem.json``; returns its total minutes."""
-    start = perf_counter()
+    start, cpu_start = perf_counter(), process_time()
     train, test = ep.load_data(proto, args.data)
     saved = {"records": [], "interpolation": {}, "meta": {"total_minutes": 0.0}}
     if args.resume and (out / f"{stem}.json").is_file():
         saved = json.loads((out / f"{stem}.json").read_text())
-    before = saved["meta"]["total_minutes"]
+    before, cpu_before = saved["meta"]["total_minutes"], saved["meta"].get("cpu_minutes", 0.0)
+    loads = saved["meta"].get("load_averages", [])
     done = {(r["arch"], r["n_models"], r["partition"], r["seed"]) for r in saved["records"]}
     todo = [c for c in ep.iter_configs(proto) if c not in done]
-    saved["meta"] = _meta(proto, train, test, args.threads, before) | {"part": stem.removeprefix("results-fashion-mnist-")}
+    saved["meta"] = _meta(proto, train, test, args.threads, before) | {
+        "part": stem.removeprefix("results-fashion-mnist-"), "cpu_minutes": cpu_before, "load_averages": loads}
     if not todo:
         _write(out, stem, saved, proto.methods)
     for arch, n, part, seed in tqdm(todo, desc=stem, unit="cell", file=sys.stderr):
@@ -147,6 +149,8 @@ def run(out: Path, stem: str, proto: ep.Protocol, args: argparse.Namespace) -> f
             saved["interpolation"][f"{arch}, {part}, N=2"] = ep.interpolate(cell.models, spec, cell.results, view)
         # write everything after every cell: an interrupted run leaves its numbers (see --resume)
         saved["meta"]["total_minutes"] = before + (perf_counter() - start) / 60
+        saved["meta"]["cpu_minutes"] = cpu_before + (process_time() - cpu_start) / 60
+        loads.append(round(os.getloadavg()[0], 2))  # the machine's 1-minute load after each cell
         _write(out, stem, saved, proto.methods)
     return float(saved["meta"]["total_minutes"])
 
