@@ -59,6 +59,7 @@ class Protocol:
     finetune_epochs: int = 1
     repair_images: int = 2000
     lr: float = 1e-3
+    batch_size: int = 64
     bias: bool = False
     width: int = 256
     pooled: tuple[str, ...] = ()
@@ -73,8 +74,8 @@ FASHION_PARTS: dict[str, Protocol] = {
     "mlp-lenet": _fashion(("mlp", "lenet"), seeds=tuple(range(5)), epochs=5),
     "bn": _fashion(("resnet20", "vgg11"), pooled=("resnet20",), seeds=(0, 1, 2), epochs=3, n_train=2000,
                    n_test=1000, repair_images=500),
-    "bn-wide": _fashion(("resnet20x4",), pooled=("resnet20x4",), seeds=(0, 1, 2), epochs=2, n_train=1000,
-                        n_test=500, repair_images=250),
+    "bn-wide": _fashion(("resnet20x4",), pooled=("resnet20x4",), seeds=(0, 1, 2), epochs=3, n_train=1000,
+                        n_test=500, repair_images=250, batch_size=16),
 }
 """Fashion-MNIST, in parts that each run within an hour on one CPU thread (see README)."""
 
@@ -137,7 +138,8 @@ def train_models(
     for k, idx in enumerate(parts):
         model = em.build(arch, side(proto, arch, train), train.n_classes, bias=proto.bias, seed=100 * seed + k,
                          width=proto.width)
-        models.append(_demo.train(model, x[idx], train.y[idx], epochs=proto.epochs, lr=proto.lr, seed=100 * seed + k))
+        models.append(_demo.train(model, x[idx], train.y[idx], epochs=proto.epochs, lr=proto.lr,
+                                  batch_size=proto.batch_size, seed=100 * seed + k))
     return models, [len(p) for p in parts]
 
 
@@ -199,7 +201,8 @@ def run_config(
         result = results[method]
         one_shot = _demo.accuracy(fused, x_test, test.y)
         repaired = _repaired(fused, models, spec, result, x_train[: proto.repair_images])
-        _demo.train(fused, x_train, train.y, epochs=proto.finetune_epochs, lr=proto.lr, seed=seed + 7)
+        _demo.train(fused, x_train, train.y, epochs=proto.finetune_epochs, lr=proto.lr, batch_size=proto.batch_size,
+                    seed=seed + 7)
         record["methods"][method] = {
             "one_shot": one_shot,
             "repaired": _demo.accuracy(repaired, x_test, test.y),

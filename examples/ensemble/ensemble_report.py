@@ -485,20 +485,21 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
         "`nox -s ensemble_fashion` (`python examples/ensemble/run.py --dataset fashion-mnist`; one part: "
         "`--part NAME`, an interrupted part: `--resume`). Data: fixed random subsets of Fashion-MNIST's "
         "60,000 training images (training, shares, REPAIR and finetuning) and of its 10,000 test images "
-        "(held out). Everything else as for MNIST: shares, Adam (lr, batch 64), "
+        "(held out). Everything else as for MNIST: shares, Adam (lr 1e-3; batch as below), "
         "one finetuning epoch on the union of the shares for every method, columns and bold as above. For "
         "the BatchNorm networks the one-shot model carries the averaged running statistics, and "
         "`one-shot + REPAIR` is the BN reset (running statistics recomputed on the REPAIR images; no hidden "
         "layer of these nets lacks a BatchNorm, so REPAIR proper changes nothing more), applied to every "
         "method alike. Each part is sized to run within an hour on one CPU thread:",
         "",
-        "| part | architectures | training images | held-out images | epochs | seeds | REPAIR images | cells | "
+        "| part | architectures | training images | held-out images | epochs (batch) | seeds | REPAIR images | cells | "
         "minutes (threads) | CPU minutes | load average |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recs, m in runs:
         out.append(
-            f"| {m.get('part', '')} | {', '.join(m['archs'])} | {m['n_train']} | {m['n_test']} | {m['epochs']} | "
+            f"| {m.get('part', '')} | {', '.join(m['archs'])} | {m['n_train']} | {m['n_test']} | "
+            f"{m['epochs']} ({m.get('batch_size', 64)}) | "
             f"{len(m['seeds'])} | {m['repair_images']} | {len(recs)} of {m['cells']} | "
             f"{m['total_minutes']:.1f} ({m['threads']}) | {m.get('cpu_minutes', float('nan')):.1f} | "
             f"{np.mean(m.get('load_averages') or [float('nan')]):.1f} |"

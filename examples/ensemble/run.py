@@ -117,6 +117,7 @@ def _meta(proto: ep.Protocol, train: datasets.Dataset, test: datasets.Dataset, t
         "finetune_epochs": proto.finetune_epochs,
         "repair_images": proto.repair_images,
         "lr": proto.lr,
+        "batch_size": proto.batch_size,
         "seeds": list(proto.seeds),
         "threads": threads,
         "total_minutes": minutes,
