@@ -215,17 +215,17 @@ def test_fashion_protocol_run_and_report(tmp_path: Path, monkeypatch) -> None:  
     """run.py on a tiny Fashion-MNIST protocol next to an MNIST results file: both in RESULTS.md; --resume is idle."""
     torch.set_num_threads(1)
     run = _example("run")
-    tiny = run.ep.Protocol(dataset="fashion-mnist", archs=("mlp",), n_models=(2,), seeds=(0, 1), n_train=256,
-                           n_test=100, epochs=1, repair_images=64, width=32)
+    tiny = run.ep.Protocol(dataset="fashion-mnist", archs=("mlp",), n_models=(2,), partitions=("hetero",), seeds=(0, 1),
+                           n_train=256, n_test=100, epochs=1, repair_images=64, width=32)
     monkeypatch.setattr(run, "QUICK_FASHION", tiny)
     (tmp_path / "results.json").write_text((EXAMPLE / "results.json").read_text())
     assert run.main(["--dataset", "fashion-mnist", "--quick", "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "results-fashion-mnist-quick.json").read_text())
-    assert len(saved["records"]) == 4 and saved["meta"]["cells"] == 4 and saved["meta"]["part"] == "quick"
+    assert len(saved["records"]) == 2 and saved["meta"]["cells"] == 2 and saved["meta"]["part"] == "quick"
     assert set(saved["records"][0]["methods"]) == {"average", "ot", "weight_matching", "gamf"}
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "## MNIST" in text and "## Fashion-MNIST" in text and "| quick | mlp | 256 | 100 | 1 | 2 |" in text
+    assert "## MNIST" in text and "## Fashion-MNIST" in text and "| quick | mlp | 256 | 100 | 1 (64) | 2 |" in text
     assert "## Where gamf stands on Fashion-MNIST" in text and "| mlp N = 2 hetero |" in text and "Targets" in text
     assert (tmp_path / "summary-fashion-mnist.png").is_file()
     assert run.main(["--dataset", "fashion-mnist", "--quick", "--resume", "--out", str(tmp_path)]) == 0
-    assert len(json.loads((tmp_path / "results-fashion-mnist-quick.json").read_text())["records"]) == 4
+    assert len(json.loads((tmp_path / "results-fashion-mnist-quick.json").read_text())["records"]) == 2
