@@ -490,7 +490,8 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
         "the BatchNorm networks the one-shot model carries the averaged running statistics, and "
         "`one-shot + REPAIR` is the BN reset (running statistics recomputed on the REPAIR images; no hidden "
         "layer of these nets lacks a BatchNorm, so REPAIR proper changes nothing more), applied to every "
-        "method alike. Each part is sized to run within an hour on one CPU thread:",
+        "method alike. Each part is meant to run within an hour of one CPU thread; the CPU minutes column "
+        "measures it:",
         "",
         "| part | architectures | training images | held-out images | epochs (batch) | seeds | REPAIR images | cells | "
         "minutes (threads) | CPU minutes | load average |",
@@ -504,13 +505,17 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
             f"{m['total_minutes']:.1f} ({m['threads']}) | {m.get('cpu_minutes', float('nan')):.1f} | "
             f"{np.mean(m.get('load_averages') or [float('nan')]):.1f} |"
         )
+    done, cells = len(records), sum(m["cells"] for _, m in runs)
+    if done < cells:
+        out += ["", f"**Partial run: {done} of {cells} cells** (each part resumes with `--part NAME --resume`; a "
+                    "cell's seeds run in order, so every table below holds the first seeds of its cells)."]
     out += [
         "",
         f"All parts: {minutes:.1f} min of wall time on a machine with 2 cores shared with other work, "
         f"{sum(m.get('cpu_minutes', 0.0) for _, m in runs):.1f} CPU minutes (this process's own CPU time; "
         "the load average column is the machine's 1-minute load, all users, sampled after each cell: "
-        "above 2 the wall time is stretched by other work). Run on two cores as two processes, one thread "
-        "each: `--part bn --part mlp-lenet` in one, `--part bn-wide` in the other.",
+        "above 2 the wall time is stretched by other work). On two free cores, run two processes of one "
+        "thread each: `--part bn --part mlp-lenet` and `--part bn-wide`.",
         "",
     ]
     for recs, m in runs:

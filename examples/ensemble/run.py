@@ -72,9 +72,11 @@ def _protocols(args: argparse.Namespace, methods: tuple[str, ...]) -> dict[str, 
 
 
 def _runs(out: Path) -> list[tuple[str, dict]]:
-    """Every results file in ``out``: MNIST's first, then Fashion-MNIST's parts by name."""
+    """Every results file in ``out``: MNIST's first, then Fashion-MNIST's parts in protocol order."""
     files = ([out / "results.json"] if (out / "results.json").is_file() else [])
-    files += sorted(out.glob("results-fashion-mnist-*.json"))
+    order = [f"results-fashion-mnist-{p}" for p in ep.FASHION_PARTS]
+    files += sorted(out.glob("results-fashion-mnist-*.json"),
+                    key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
     return [(f.stem, json.loads(f.read_text())) for f in files]
 
 
