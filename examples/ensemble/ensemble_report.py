@@ -512,7 +512,7 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
     out += [
         "",
         f"All parts: {minutes:.1f} min of wall time on a machine with 2 cores shared with other work, "
-        f"{sum(m.get('cpu_minutes', 0.0) for _, m in runs):.1f} CPU minutes (this process's own CPU time; "
+        f"{sum(m.get('cpu_minutes', 0.0) for _, m in runs):.1f} CPU minutes (the runs' own CPU time; "
         "the load average column is the machine's 1-minute load, all users, sampled after each cell: "
         "above 2 the wall time is stretched by other work). On two free cores, run two processes of one "
         "thread each: `--part bn --part mlp-lenet` and `--part bn-wide`.",
@@ -545,14 +545,16 @@ def targets(records: list[dict[str, Any]], methods: Sequence[str], subject: str 
             parts.append(f"above {b}: " + (f"no, not in {len(miss)} of {len(cells)} ({'; '.join(miss)})"
                                            if miss else f"yes ({len(cells)} cells)"))
         if "weight_matching" in methods:
-            miss = []
+            miss, single = [], 0
             for (a, n, p), g in cells:
                 mean, se = _paired(g, subject, "weight_matching", kind)
+                single += se is None
                 if _verdict(mean, se) == "behind":
                     miss.append(f"{a} N = {n} {p} by {-mean:.1f} ± {se:.1f}")
+            tested = len(cells) - single
             parts.append("level with or ahead of weight_matching: " + (
-                f"no, behind in {len(miss)} of {len(cells)} ({'; '.join(miss)})" if miss else
-                f"yes ({len(cells)} cells)"))
+                f"no, behind in {len(miss)} of {tested}" + (f" ({'; '.join(miss)})" if miss else "") if miss else
+                f"yes ({tested} cells)") + (f", {single} cell(s) with one seed untested" if single else ""))
         out += [f"- {_KIND_LABELS[kind]}: " + "; ".join(parts) + ".", ""]
     return out
 
