@@ -1,5 +1,5 @@
 """Scripted sessions: `nox -s tests` (default), lint, typecheck, slow, bench, gpu, torchvision (not in CI), demo, ensemble,
-transformers, docs.
+ensemble_fashion, transformers, docs.
 
 Python: every session runs on the interpreter that runs nox, which must be one the package
 supports (3.10-3.13), else the session fails; `nox -s tests_all` runs the fast suite on every
@@ -11,6 +11,11 @@ Sessions run the installed console script (`gamfsolve ...`), not `python -m gamf
 latter puts the source folder first on sys.path, where gamfsolve.adapters (installed from the
 top-level adapters/ folder) is not found. Every session installs through constraints.txt,
 which pins torch to the CPU build on the project's machines; a user elsewhere can drop it.
+
+Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package (files in
+/usr/share/datasets/fashion-mnist) or a folder named by ``GAMFSOLVE_FASHION_MNIST``; the sessions
+that use it install the package where apt-get is available (`tests` tries, and its Fashion-MNIST
+tests skip without it; `ensemble_fashion` needs it).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # the interpreter that runs nox
 PRESENT = [v for v in SUPPORTED if shutil.which(f"python{v}")] or [PYTHON]
 CONSTRAINTS = ("-c", "constraints.txt")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ENV = {"KERAS_BACKEND": "torch", "PYTHONHASHSEED": "0", "NUMBA_CACHE_DIR": os.path.join(tempfile.gettempdir(), "gamfsolve-numba")}
 
 
@@ -66,8 +72,31 @@ def _shared(session: nox.Session, extras: str = "test") -> Path:
     return bin_dir.resolve()
 
 
+def _fashion_mnist(session: nox.Session, *, required: bool) -> None:
+    """Install Debian's dataset-fashion-mnist unless Fashion-MNIST is present; where that cannot be
+    done, fail with what to do (``required``) or say so and go on."""
+    if os.environ.get("GAMFSOLVE_FASHION_MNIST") or (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        return
+    apt = shutil.which("apt-get")
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    sudo = [] if root else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt is not None and sudo is not None:
+        codes = [0] if required else list(range(256))
+        session.run(*sudo, apt, "update", "-q", external=True, success_codes=codes)
+        session.run(*sudo, apt, "install", "-y", "-q", "dataset-fashion-mnist", external=True, success_codes=codes)
+        if (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+            return
+    message = (f"Fashion-MNIST is absent ({FASHION_MNIST}) and could not be installed here "
+               f"({'no apt-get' if apt is None else 'apt-get needs root or password-less sudo'}): install Debian's "
+               "dataset-fashion-mnist package, or set GAMFSOLVE_FASHION_MNIST to a folder holding its four IDX files")
+    if required:
+        session.error(message)
+    session.warn(message + "; the tests that need it are skipped")
+
+
 def _run_tests(session: nox.Session, bin_dir: Path) -> None:
     """The fast suite on a regular (non-editable) install, then an editable-install check."""
+    _fashion_mnist(session, required=False)
     env = {**ENV, "KERAS_HOME": _short_tmp()}
     session.run(str(bin_dir / "python"), "-m", "pytest", "-m", "not slow", *session.posargs, env=env, external=True)
     # The adapters install as gamfsolve.adapters from the top-level adapters/ folder: prove it
@@ -184,6 +213,17 @@ def transformers(session: nox.Session) -> None:
     _install(session, "torch,examples,numba")
     session.install(*CONSTRAINTS, "transformers>=4.46")
     session.run("python", "examples/transformers/run.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def ensemble_fashion(session: nox.Session) -> None:
+    """The compact-ensemble protocol on Fashion-MNIST: MLP, LeNet, ResNet-20 x1 and x4, VGG-11-BN, in parts
+    of under an hour each (see examples/ensemble/README.md); adds its cells to examples/ensemble/RESULTS.md.
+    Installs Debian's dataset-fashion-mnist where apt-get is available. Extra arguments go to run.py,
+    e.g. `nox -s ensemble_fashion -- --part bn --resume`."""
+    _fashion_mnist(session, required=True)
+    _install(session, "torch,examples,numba")
+    session.run("python", "examples/ensemble/run.py", "--dataset", "fashion-mnist", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON)

@@ -151,3 +151,81 @@ def test_solver_seed_study(tmp_path: Path) -> None:
         assert len(accs) == 2 and all(0 <= a <= 100 for a in accs)
     text = (tmp_path / "SOLVER_SEEDS.md").read_text()
     assert "| mlp N=2 homog | gamf |" in text and "seed 0, weight_matching:" in text
+
+
+needs_fashion = pytest.mark.skipif(
+    __import__("gamfsolve.datasets", fromlist=["fashion_mnist_dir"]).fashion_mnist_dir() is None,
+    reason="Fashion-MNIST is absent: apt-get install -y dataset-fashion-mnist (or set GAMFSOLVE_FASHION_MNIST)",
+)
+
+
+def _example(name: str):  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+def test_images_pooled_and_laid_out(ep) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    proto = ep.Protocol(archs=("mlp", "resnet20"), pooled=("resnet20",))
+    x = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28)
+    assert ep.images(proto, "mlp", x).shape == (2, 28, 28)
+    pooled = ep.images(proto, "resnet20", x)
+    assert pooled.shape == (2, 1, 14, 14)
+    assert pooled[0, 0, 0, 0] == pytest.approx(x[0, :2, :2].mean())
+
+
+def test_targets_name_each_miss() -> None:
+    er = _example("ensemble_report")
+
+    def record(seed: int, gamf: float, wm: float, ot: float) -> dict:
+        methods = {m: {"one_shot": v, "repaired": v + 1, "finetuned": v} for m, v in
+                   (("average", 10.0), ("ot", ot), ("weight_matching", wm), ("gamf", gamf))}
+        return {"arch": "vgg11", "n_models": 2, "partition": "homog", "seed": seed, "methods": methods}
+
+    # gamf - wm = -3, -4, -5: behind by 4.0 ± 0.6; ot's mean 61.0 above gamf's 60.0
+    recs = [record(0, 60.0, 63.0, 61.0), record(1, 59.0, 63.0, 61.0), record(2, 61.0, 66.0, 61.0)]
+    text = "\n".join(er.targets(recs, ["average", "ot", "weight_matching", "gamf"]))
+    assert "- one-shot: above average: yes (1 cells); above ot: no, not in 1 of 1 (vgg11 N = 2 homog by 1.0)" in text
+    assert "level with or ahead of weight_matching: no, behind in 1 of 1 (vgg11 N = 2 homog by 4.0 ± 0.6)" in text
+    assert "- one-shot + REPAIR:" in text
+
+
+@needs_fashion
+def test_fashion_bn_cell(ep) -> None:  # type: ignore[no-untyped-def]
+    """One ResNet-20 cell on Fashion-MNIST: BatchNorm statistics are fused and then reset."""
+    torch.set_num_threads(1)
+    proto = ep.Protocol(dataset="fashion-mnist", archs=("resnet20",), pooled=("resnet20",), n_train=192, n_test=100,
+                        epochs=1, repair_images=96, methods=("average", "weight_matching"))
+    train, test = ep.load_data(proto)
+    assert train.x.shape == (192, 28, 28) and len(test.y) == 100 and train.name == "fashion-mnist-train"
+    cell = ep.run_config(proto, train, test, "resnet20", 2, "homog", 0)
+    spec = _example("ensemble_models").spec_for("resnet20", 14)
+    assert "bn1.running_mean" in spec.axes  # the running statistics are permuted and averaged with the weights
+    for entry in cell.record["methods"].values():
+        assert all(0 <= entry[k] <= 100 for k in ("one_shot", "repaired", "finetuned"))
+    assert cell.record["share_sizes"] == [96, 96]
+
+
+@needs_fashion
+def test_fashion_protocol_run_and_report(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """run.py on a tiny Fashion-MNIST protocol next to an MNIST results file: both in RESULTS.md; --resume is idle."""
+    torch.set_num_threads(1)
+    run = _example("run")
+    tiny = run.ep.Protocol(dataset="fashion-mnist", archs=("mlp",), n_models=(2,), partitions=("hetero",), seeds=(0, 1),
+                           n_train=256, n_test=100, epochs=1, repair_images=64, width=32)
+    monkeypatch.setattr(run, "QUICK_FASHION", tiny)
+    (tmp_path / "results.json").write_text((EXAMPLE / "results.json").read_text())
+    assert run.main(["--dataset", "fashion-mnist", "--quick", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "results-fashion-mnist-quick.json").read_text())
+    assert len(saved["records"]) == 2 and saved["meta"]["cells"] == 2 and saved["meta"]["part"] == "quick"
+    assert set(saved["records"][0]["methods"]) == {"average", "ot", "weight_matching", "gamf"}
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## MNIST" in text and "## Fashion-MNIST" in text and "| quick | mlp | 256 | 100 | 1 (64) | 2 |" in text
+    assert "## Where gamf stands on Fashion-MNIST" in text and "| mlp N = 2 hetero |" in text and "Targets" in text
+    assert (tmp_path / "summary-fashion-mnist.png").is_file()
+    assert run.main(["--dataset", "fashion-mnist", "--quick", "--resume", "--out", str(tmp_path)]) == 0
+    assert len(json.loads((tmp_path / "results-fashion-mnist-quick.json").read_text())["records"]) == 2

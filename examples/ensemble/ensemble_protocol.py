@@ -1,4 +1,4 @@
-"""The compact-ensemble protocol of the GAMF paper (Liu et al. 2022, Sec. 5.1), on MNIST.
+"""The compact-ensemble protocol of the GAMF paper (Liu et al. 2022, Sec. 5.1): MNIST, Fashion-MNIST.
 
 N models of one architecture are trained from different initialisations on shares of one
 fixed training set (equal random shares, or Dirichlet(alpha) label-skewed shares), then
@@ -7,7 +7,12 @@ each individual model, their prediction ensemble (N x size), and every fused mod
 after REPAIR (Jordan et al. 2022: each hidden channel's activation statistics restored to the
 aligned sources' average, measured on ``repair_images`` training images; no gradient step), and
 after the same finetuning budget (``finetune_epochs`` on the union of the shares). REPAIR and
-finetuning use training data only and are applied to every method alike.
+finetuning use training data only and are applied to every method alike. For BatchNorm networks
+REPAIR is the BN reset (running statistics recomputed on the same images) plus REPAIR of any
+hidden layer that no BatchNorm follows (``gamfsolve.adapters.torch.repair``).
+
+Fashion-MNIST runs as named parts (:data:`FASHION_PARTS`), each a :class:`Protocol` sized to
+run within an hour on one CPU thread.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ensemble_models as em
 import numpy as np
 import torch
 from gamfsolve.adapters import _demo
@@ -25,15 +31,21 @@ from torch import nn
 import gamfsolve
 from gamfsolve import datasets
 
-__all__ = ["METHODS", "Cell", "Protocol", "interpolate", "iter_configs", "load_data", "run_config"]
+__all__ = ["FASHION_PARTS", "METHODS", "Cell", "Protocol", "interpolate", "iter_configs", "load_data", "run_config"]
 
 METHODS = ("average", "ot", "weight_matching", "gamf")
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """Everything that defines a run; the defaults are the full protocol."""
+    """Everything that defines a run; the defaults are the full MNIST protocol.
 
+    ``dataset`` is "mnist" (``n_train`` + ``n_test`` of its 10,000 images) or "fashion-mnist"
+    (``n_train`` of its 60,000 training images, ``n_test`` of its 10,000 test images, each a fixed
+    random subset). Architectures in ``pooled`` read the images 2x2 mean-pooled (14x14).
+    """
+
+    dataset: str = "mnist"
     archs: tuple[str, ...] = ("mlp", "lenet")
     n_models: tuple[int, ...] = (2, 4)
     partitions: tuple[str, ...] = ("homog", "hetero")
@@ -47,24 +59,63 @@ class Protocol:
     finetune_epochs: int = 1
     repair_images: int = 2000
     lr: float = 1e-3
+    batch_size: int = 64
     bias: bool = False
     width: int = 256
+    pooled: tuple[str, ...] = ()
     solver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _fashion(archs: tuple[str, ...], **sizes: Any) -> Protocol:
+    return Protocol(dataset="fashion-mnist", archs=archs, **sizes)
+
+
+FASHION_PARTS: dict[str, Protocol] = {
+    "mlp-lenet": _fashion(("mlp", "lenet"), seeds=tuple(range(5)), epochs=5),
+    "bn": _fashion(("resnet20", "vgg11"), pooled=("resnet20",), seeds=(0, 1, 2), epochs=3, n_train=2000,
+                   n_test=1000, repair_images=500, batch_size=16),
+    "bn-wide": _fashion(("resnet20x4",), pooled=("resnet20x4",), seeds=(0, 1, 2), epochs=3, n_train=1000,
+                        n_test=500, repair_images=250, batch_size=16),
+}
+"""Fashion-MNIST, in parts that each run within an hour on one CPU thread (see README)."""
+
+
 def load_data(proto: Protocol, path: str | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The fixed train / held-out split (MNIST, or the bundled digits when MNIST is absent)."""
+    """The fixed train / held-out split (MNIST, or the bundled digits when MNIST is absent; Fashion-MNIST)."""
+    if proto.dataset == "fashion-mnist":
+        train = datasets.load_fashion_mnist("train", path)
+        test = datasets.load_fashion_mnist("test", path)
+        return (train.split(proto.n_train, 0, seed=proto.split_seed)[0],
+                test.split(proto.n_test, 0, seed=proto.split_seed)[0])
+    if proto.dataset != "mnist":
+        raise ValueError(f"dataset must be 'mnist' or 'fashion-mnist', got {proto.dataset!r}")
     ds = datasets.load_images(path)
     n_train = min(proto.n_train, int(0.8 * len(ds.y)))
     return ds.split(n_train, min(proto.n_test, len(ds.y) - n_train), seed=proto.split_seed)
 
 
+def images(proto: Protocol, arch: str, x: np.ndarray) -> np.ndarray:
+    """Images ``(N, H, W)`` as ``arch`` reads them: 2x2 mean-pooled if in ``proto.pooled``, its layout."""
+    if arch in proto.pooled:
+        n, h, w = x.shape
+        x = x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    return em.inputs(arch, np.ascontiguousarray(x, dtype=np.float32))
+
+
+def side(proto: Protocol, arch: str, data: datasets.Dataset) -> int:
+    """The image side ``arch`` reads."""
+    return data.x.shape[1] // 2 if arch in proto.pooled else data.x.shape[1]
+
+
 def iter_configs(proto: Protocol) -> Iterator[tuple[str, int, str, int]]:
-    """``(arch, n_models, partition, seed)`` for every cell, cheapest first (N = 2 before N = 4)."""
-    for n in proto.n_models:
-        for arch in proto.archs:
-            for part in proto.partitions:
-                for seed in proto.seeds:
+    """``(arch, n_models, partition, seed)`` for every cell, seed by seed, N = 2 before N = 4.
+
+    Seed-major, so that a run cut short holds the first seeds of every cell.
+    """
+    for seed in proto.seeds:
+        for n in proto.n_models:
+            for arch in proto.archs:
+                for part in proto.partitions:
                     yield arch, n, part, seed
 
 
@@ -81,22 +132,23 @@ def train_models(
     proto: Protocol, train: datasets.Dataset, arch: str, n: int, partition: str, seed: int
 ) -> tuple[list[nn.Module], list[int]]:
     """Train ``n`` models, model k from init seed ``100 * seed + k`` on share k; and share sizes."""
-    side = train.x.shape[1]
     parts = shares(train.y, n, partition, alpha=proto.alpha, seed=seed)
+    x = images(proto, arch, train.x)
     models = []
     for k, idx in enumerate(parts):
-        model = _demo.build(arch, side, train.n_classes, bias=proto.bias, seed=100 * seed + k, width=proto.width)
-        sub = train.subset(idx)
-        models.append(_demo.train(model, sub.x, sub.y, epochs=proto.epochs, lr=proto.lr, seed=100 * seed + k))
+        model = em.build(arch, side(proto, arch, train), train.n_classes, bias=proto.bias, seed=100 * seed + k,
+                         width=proto.width)
+        models.append(_demo.train(model, x[idx], train.y[idx], epochs=proto.epochs, lr=proto.lr,
+                                  batch_size=proto.batch_size, seed=100 * seed + k))
     return models, [len(p) for p in parts]
 
 
 def _fuse(
     proto: Protocol, method: str, models: Sequence[nn.Module], spec: gamfsolve.PermutationSpec, seed: int
 ) -> tuple[nn.Module, gamfsolve.MatchResult]:
-    arrays = [_demo.to_arrays(m) for m in models]
+    arrays = [em.to_arrays(m) for m in models]
     result = gamfsolve.match(arrays, spec, method=method, seed=seed, **proto.solver_options.get(method, {}))
-    return _demo.from_arrays(models[0], gamfsolve.merge(arrays, spec, result)), result
+    return em.from_arrays(models[0], gamfsolve.merge(arrays, spec, result)), result
 
 
 def _repaired(
@@ -105,7 +157,7 @@ def _repaired(
 ) -> nn.Module:
     """REPAIR of ``fused`` against the sources put into its unit order by ``result``."""
     aligned = [
-        _demo.from_arrays(m, gamfsolve.permute(_demo.to_arrays(m), spec, result.model_perms(k)))
+        em.from_arrays(m, gamfsolve.permute(em.to_arrays(m), spec, result.model_perms(k)))
         for k, m in enumerate(models)
     ]
     return gtorch.repair(fused, aligned, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
@@ -131,28 +183,30 @@ def run_config(
 ) -> Cell:
     """One protocol cell: every accuracy (%) one-shot, repaired and finetuned, and each method's time."""
     models, sizes = train_models(proto, train, arch, n, partition, seed)
-    spec = _demo.spec_for(arch, train.x.shape[1], bias=proto.bias)
+    spec = em.spec_for(arch, side(proto, arch, train), bias=proto.bias)
+    x_train, x_test = images(proto, arch, train.x), images(proto, arch, test.x)
     record: dict[str, Any] = {
         "arch": arch,
         "n_models": n,
         "partition": partition,
         "seed": seed,
         "share_sizes": sizes,
-        "individual": [_demo.accuracy(m, test.x, test.y) for m in models],
-        "ensemble": _demo.ensemble_accuracy(models, test.x, test.y),
+        "individual": [_demo.accuracy(m, x_test, test.y) for m in models],
+        "ensemble": _demo.ensemble_accuracy(models, x_test, test.y),
         "methods": {},
     }
     results = {}
     for method in proto.methods:
         fused, results[method] = _fuse(proto, method, models, spec, seed)
         result = results[method]
-        one_shot = _demo.accuracy(fused, test.x, test.y)
-        repaired = _repaired(fused, models, spec, result, train.x[: proto.repair_images])
-        _demo.train(fused, train.x, train.y, epochs=proto.finetune_epochs, lr=proto.lr, seed=seed + 7)
+        one_shot = _demo.accuracy(fused, x_test, test.y)
+        repaired = _repaired(fused, models, spec, result, x_train[: proto.repair_images])
+        _demo.train(fused, x_train, train.y, epochs=proto.finetune_epochs, lr=proto.lr, batch_size=proto.batch_size,
+                    seed=seed + 7)
         record["methods"][method] = {
             "one_shot": one_shot,
-            "repaired": _demo.accuracy(repaired, test.x, test.y),
-            "finetuned": _demo.accuracy(fused, test.x, test.y),
+            "repaired": _demo.accuracy(repaired, x_test, test.y),
+            "finetuned": _demo.accuracy(fused, x_test, test.y),
             "time": result.time,
             "n_iter": result.n_iter,
             "converged": bool(result.converged),
@@ -175,13 +229,13 @@ def interpolate(
     aligned A to the (relabelled) B.
     """
     a, b = models
-    arrays = [_demo.to_arrays(a), _demo.to_arrays(b)]
+    arrays = [em.to_arrays(a), em.to_arrays(b)]
     s_values = np.linspace(0.0, 1.0, steps)
     curves: dict[str, list[float]] = {}
     with torch.no_grad():
         for method, result in results.items():
             mixed = (gamfsolve.merge(arrays, spec, result, weights=[1 - s, s]) for s in s_values)
-            curves[method] = [_demo.accuracy(_demo.from_arrays(a, m), test.x, test.y) for m in mixed]
+            curves[method] = [_demo.accuracy(em.from_arrays(a, m), test.x, test.y) for m in mixed]
     return {
         "s": s_values.tolist(),
         "curves": curves,
