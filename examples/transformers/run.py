@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"{name}: data absent, skipped")
     todo = [(n, s) for n, t in loaded.items() if t is not None for s in seeds]
     meta = {"seeds": seeds, "threads": args.threads, "total_minutes": minutes_before, "cells": len(todo),
-            "command": "python examples/transformers/run.py" + (" --quick" if args.quick else ""),
+            "command": "python examples/transformers/run.py" + (" --quick" if args.quick else "")
+            + (f" --cache {args.cache}" if args.cache else ""),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "tasks": {n: _task_meta(t, sizes[n][1]) for n, t in loaded.items() if t is not None}}
     done = {(r["task"], r["seed"]) for r in records}
