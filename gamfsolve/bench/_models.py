@@ -155,7 +155,8 @@ def _rss_mib() -> float:
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """One end-to-end match: ``{"arch", "n_models", "scale", "method", "options", "seed"[, "backend"]}``.
+    """One end-to-end match: ``{"arch", "n_models", "scale", "method", "options", "seed"[, "noise", "backend"]}``
+    (``noise``: the copies' noise, 0.01 by default).
 
     With a ``backend`` other than NumPy the models are moved to it (and its device) before the
     clock starts; the alignment error is read on the host.
@@ -164,7 +165,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     if case["method"] not in METHODS:
         return {**case, "status": "n/a"}
-    models, spec = planted(case["arch"], case.get("n_models", 2), scale=case.get("scale", 1), seed=case["seed"])
+    models, spec = planted(case["arch"], case.get("n_models", 2), scale=case.get("scale", 1),
+                           noise=case.get("noise", 0.01), seed=case["seed"])
     convert, sync = backend_tools(case.get("backend", "numpy"))
     inputs = [{k: convert(v) for k, v in m.items()} for m in models]
     sync()
