@@ -475,6 +475,15 @@ def _mnist(records: list[dict[str, Any]], meta: dict[str, Any], methods: Sequenc
     return out + standing(records, methods, title=" on MNIST")
 
 
+def _parts_not_run(done: set[str]) -> list[str]:
+    """The protocol's Fashion-MNIST parts without records, with their architectures."""
+    try:
+        import ensemble_protocol as ep
+    except ImportError:  # the report read on its own, without the protocol's folder on the path
+        return []
+    return [f"`{name}` ({', '.join(p.archs)})" for name, p in ep.FASHION_PARTS.items() if name not in done]
+
+
 def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], methods: Sequence[str]) -> list[str]:
     """The Fashion-MNIST section: setup and time per part, tables per architecture, standing, targets."""
     records = [r for recs, _ in runs for r in recs]
@@ -505,6 +514,9 @@ def _fashion(runs: Sequence[tuple[list[dict[str, Any]], dict[str, Any]]], method
             f"{m['total_minutes']:.1f} ({m['threads']}) | {m.get('cpu_minutes', float('nan')):.1f} | "
             f"{np.mean(m.get('load_averages') or [float('nan')]):.1f} |"
         )
+    missing = _parts_not_run({m.get("part", "") for _, m in runs})
+    if missing:
+        out += ["", "Not run for this report (no results file): " + "; ".join(missing) + "."]
     done, cells = len(records), sum(m["cells"] for _, m in runs)
     if done < cells:
         out += ["", f"**Partial run: {done} of {cells} cells** (each part resumes with `--part NAME --resume`; a "
