@@ -160,9 +160,6 @@ needs_fashion = pytest.mark.skipif(
 
 
 def _example(name: str):  # type: ignore[no-untyped-def]
-    cached = sys.modules.get(name)  # another example's module of the same name (examples/transformers/run.py)
-    if cached is not None and Path(getattr(cached, "__file__", "") or "").resolve().parent != EXAMPLE.resolve():
-        del sys.modules[name]
     sys.path.insert(0, str(EXAMPLE))
     try:
         return __import__(name)

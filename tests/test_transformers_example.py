@@ -21,6 +21,14 @@ import correction  # noqa: E402
 import run  # noqa: E402
 import tasks  # noqa: E402
 
+# The example's modules have generic names (run, report, tasks, ...) that other examples' tests
+# import from their own folders: this module keeps its references, the process forgets the names.
+while str(FOLDER) in sys.path:
+    sys.path.remove(str(FOLDER))
+for _name in ("correction", "report", "run", "study", "tasks"):
+    if Path(getattr(sys.modules.get(_name), "__file__", "") or "").resolve().parent == FOLDER:
+        del sys.modules[_name]
+
 needs_mnist = pytest.mark.skipif(datasets.mnist_dir() is None, reason="MNIST is absent")
 
 

@@ -264,14 +264,13 @@ def _anneal(
     potentials: dict[tuple[int, str], Array] = {}
     tau, sweeps_at_tau = tau0, 0
     discrete = exact = False
-    used_series = False  # a series stood in for the exact kernel somewhere in this sweep
     seen: list[tuple[bytes, ...]] = []
     trace: list[float] = []
     best: tuple[float, list[Maps]] | None = None
     converged, message, it = False, "iteration limit reached", 0
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
-        used_series = False
+        used_series = False  # a series stood in for the exact kernel somewhere in this sweep
         for color in prob.colors:  # Gauss-Seidel over colour classes (Alg. 1 line 4)
             # With several movers the class's scores objects live through the class (templates);
             # with one (two models) each is dropped after use: one group's features at a time.
