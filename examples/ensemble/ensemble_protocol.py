@@ -72,10 +72,10 @@ def _fashion(archs: tuple[str, ...], **sizes: Any) -> Protocol:
 
 FASHION_PARTS: dict[str, Protocol] = {
     "mlp-lenet": _fashion(("mlp", "lenet"), seeds=tuple(range(5)), epochs=5),
-    "bn": _fashion(("resnet20", "vgg11"), pooled=("resnet20",), seeds=(0, 1, 2), epochs=3, n_train=2000,
-                   n_test=1000, repair_images=500, batch_size=16),
-    "bn-wide": _fashion(("resnet20x4",), pooled=("resnet20x4",), seeds=(0, 1, 2), epochs=3, n_train=1000,
-                        n_test=500, repair_images=250, batch_size=16),
+    "bn": _fashion(("resnet20", "vgg11"), pooled=("resnet20",), seeds=(0, 1, 2), epochs=8, n_train=5000,
+                   n_test=1000, repair_images=500, batch_size=32),
+    "bn-wide": _fashion(("resnet20x4",), pooled=("resnet20x4",), seeds=(0, 1, 2), epochs=7, n_train=1600,
+                        n_test=500, repair_images=256, batch_size=32),
 }
 """Fashion-MNIST, in parts that each run within an hour on one CPU thread (see README)."""
 
