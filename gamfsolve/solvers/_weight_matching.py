@@ -8,6 +8,7 @@ weighted mean of the others (in the common order) until a pass changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from .._progress import Progress
 from .._result import MatchResult
 from .._xp import to_host
 from ..affinity._features import unit_features
-from ..spec._spec import PermutationSpec
+from ..spec._spec import PermutationSpec, groups_of
 from ..spec._validate import Checked
 from ._assign import hungarian
 
@@ -27,16 +28,83 @@ __all__ = ["align_to"]
 Array = Any
 
 
-def _gain(x: Mapping[str, Array], ref: Sequence[Array], spec: PermutationSpec, group: str, sizes: Mapping[str, int],
-          maps: Mapping[str, Array], xp: Any) -> Array:
-    """``C[b, a] = sum_f <x_f[b], target_f[a]>``: model unit ``b`` against target unit ``a``;
-    ``ref``: the target's unit features of ``group``, each ``(n, F)`` transposed to ``(F, n)``."""
-    own = unit_features(x, spec, group, sizes, maps, xp)
-    n, total = sizes[group], None
-    for a, b in zip(own, ref, strict=True):
-        term = xp.reshape(a.x, (n, -1)) @ b
-        total = term if total is None else total + term
-    return total
+# Cached gain terms (one ``n x n`` product per parameter of a group) may hold at most this many
+# bytes, or twice the aligned model's weights if that is more; terms of parameters with fewer
+# than ``CACHE_MIN_EDGES`` numbers per unit are recomputed (about as cheap as reading them back).
+CACHE_BYTES = 1 << 28
+CACHE_MIN_EDGES = 32
+
+
+def _array_bytes(x: Array) -> int:
+    return int(math.prod(x.shape)) * int(getattr(x.dtype, "itemsize", 4))
+
+
+class _Gains:
+    """``C[b, a] = sum_f <x_f[b], target_f[a]>`` per group: model unit ``b`` against target unit
+    ``a``, recomputing only what a changed map touches.
+
+    Group ``g``'s term from parameter ``f`` depends on the maps of the groups on ``f``'s other
+    axes; it is kept with those map objects (a map is replaced when it changes, never modified)
+    and reused while they are the same. :meth:`fresh` says whether every term of ``g`` is as at
+    its last assignment, which would then be repeated.
+    """
+
+    def __init__(self, x: Mapping[str, Array], target: Mapping[str, Array], spec: PermutationSpec,
+                 sizes: Mapping[str, int], xp: Any) -> None:
+        self.x, self.spec, self.sizes, self.xp = x, spec, sizes, xp
+        self.ref = _target_features(target, spec, sizes, xp)  # per group, (F, n) per user
+        self.deps = {
+            (g, name, axis): tuple(dict.fromkeys(h for a, e in enumerate(spec.axes[name]) if a != axis
+                                                 for h in groups_of(e)))
+            for g in sizes for name, axis in spec.users(g)
+        }
+        self.terms: dict[tuple[str, str, int], tuple[tuple[Any, ...], Array]] = {}
+        self.solved: dict[str, tuple[Any, ...]] = {}
+        self.room = max(CACHE_BYTES, 2 * sum(_array_bytes(v) for v in x.values()))
+
+    def stamp(self, g: str, maps: Mapping[str, Array]) -> tuple[Any, ...]:
+        """The map objects ``g``'s terms read."""
+        return tuple(maps[h] for name, axis in self.spec.users(g) for h in self.deps[(g, name, axis)])
+
+    def fresh(self, g: str, maps: Mapping[str, Array]) -> bool:
+        """Whether ``g`` was assigned before and no map its terms read has changed since."""
+        old = self.solved.get(g)
+        return old is not None and all(a is b for a, b in zip(old, self.stamp(g, maps), strict=True))
+
+    def mark(self, g: str, stamp: tuple[Any, ...]) -> None:
+        """``g`` was just assigned from terms that read the maps in ``stamp``."""
+        self.solved[g] = stamp
+
+    def gain(self, g: str, maps: Mapping[str, Array]) -> Array:
+        """``C`` ``(n, n)`` of group ``g`` with the other groups' ``maps``."""
+        n, users, xp = self.sizes[g], self.spec.users(g), self.xp
+        found: dict[tuple[str, int], Array] = {}
+        for name, axis in users:
+            hit = self.terms.get((g, name, axis))
+            if hit is not None and all(a is maps[h] for a, h in zip(hit[0], self.deps[(g, name, axis)], strict=True)):
+                found[(name, axis)] = hit[1]
+        missing = {name for name, axis in users if (name, axis) not in found}
+        for f in unit_features(self.x, self.spec, g, self.sizes, maps, xp, only=missing) if missing else []:
+            if (f.name, f.axis) in found:
+                continue
+            b = self.ref[g][users.index((f.name, f.axis))]
+            term = xp.reshape(f.x, (n, -1)) @ b
+            found[(f.name, f.axis)] = term
+            if b.shape[0] >= CACHE_MIN_EDGES:
+                self._keep((g, f.name, f.axis), term, maps)
+        total = None
+        for name, axis in users:  # in the spec's order: the same sum, bit for bit, as without the cache
+            term = found[(name, axis)]
+            total = term if total is None else total + term
+        return total
+
+    def _keep(self, key: tuple[str, str, int], term: Array, maps: Mapping[str, Array]) -> None:
+        old = self.terms.pop(key, None)
+        if old is not None:
+            self.room += _array_bytes(old[1])
+        if _array_bytes(term) <= self.room:
+            self.terms[key] = (tuple(maps[h] for h in self.deps[key]), term)
+            self.room -= _array_bytes(term)
 
 
 def _target_features(target: Mapping[str, Array], spec: PermutationSpec, sizes: Mapping[str, int],
@@ -57,15 +125,18 @@ def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutat
     ``live[g]``: the real rows (``x``'s units) and columns (``target``'s) when widths differ.
     """
     maps = dict(maps)
-    ref = _target_features(target, spec, sizes, xp)
+    gains = _Gains(x, target, spec, sizes, xp)
     for it in range(1, max_iter + 1):
         changed = False
         for g in rng.permutation(list(sizes)):
             g = str(g)
-            block = None if live is None else [live[g]]
-            (new,) = hungarian([_gain(x, ref[g], spec, g, sizes, maps, xp)], xp, live=block)
+            if gains.fresh(g, maps):  # nothing it reads changed since it was assigned: the same answer
+                continue
+            block, stamp = None if live is None else [live[g]], gains.stamp(g, maps)
+            (new,) = hungarian([gains.gain(g, maps)], xp, live=block)
             if not np.array_equal(to_host(new), to_host(maps[g])):
                 maps[g], changed = new, True
+            gains.mark(g, stamp)
         if bar is not None:
             bar.update(it, "coordinate descent pass")
         if not changed:
