@@ -29,6 +29,7 @@ ARCHS: dict[str, str] = {
     "resnet18": "HF ResNet, torchvision's ResNet-18 layout (basic blocks 2-2-2-2, 64-512), 64 px",
     "resnet50": "HF ResNet, torchvision's ResNet-50 layout (bottlenecks 3-4-6-3, 256-2048), 64 px",
     "vgg11_bn": "VGG-11 with BatchNorm (CIFAR layout, 64-512), 32 px",
+    "alexnet": "AlexNet, torchvision's layers (convolutions 64-256, linear 9216-4096-4096-1000; 61 M parameters), 64 px",
     "mobilenet_v2": "HF MobileNetV2 (width 1.0), 64 px",
     "efficientnet_b0": "HF EfficientNet-B0, 64 px",
     "vit_s16_mlp": "HF ViT-S/16 (384 wide, 12 blocks, MLP 1536), 64 px: the feed-forward groups",
@@ -50,6 +51,8 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
 
         model = torch_zoo.vgg11(batch_norm=True, base=64 // w)
         x = torch.randn(2, 3, 32, 32)
+    elif arch == "alexnet":
+        model, x = _alexnet(w), torch.randn(2, 3, 64, 64)
     else:
         import transformers as tf
 
@@ -79,6 +82,22 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
         x = torch.randn(2, 3, 64, 64)
     return model.eval(), x
+
+
+def _alexnet(w: int) -> Any:
+    """torchvision's AlexNet layers (every width divided by ``w``), written out in ``torch.nn``."""
+    from torch import nn
+
+    c = [64 // w, 192 // w, 384 // w, 256 // w, 256 // w]
+    return nn.Sequential(
+        nn.Conv2d(3, c[0], 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+        nn.Dropout(), nn.Linear(c[4] * 36, 4096 // w), nn.ReLU(),
+        nn.Dropout(), nn.Linear(4096 // w, 4096 // w), nn.ReLU(), nn.Linear(4096 // w, 1000))
 
 
 def _arrays(module: Any, names: Any) -> dict[str, np.ndarray]:

@@ -1,0 +1,33 @@
+"""The bench's real architectures build, derive a spec that passes the function check, and give a
+planted copy back through weight matching (quick widths)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from gamfsolve.adapters import torch as gt
+
+import gamfsolve as gs
+from gamfsolve.bench import _real
+
+
+def test_alexnet_is_derived_and_a_permuted_copy_is_given_back() -> None:
+    a, x = _real.build("alexnet", 0, quick=True)
+    spec = gt.spec_from_module(a, x)
+    gt.check_spec(a, spec, x)
+    first = _real._arrays(a, spec.axes)
+    sizes = spec.group_sizes({k: v.shape for k, v in first.items()})
+    assert sorted(sizes.values()) == [16, 48, 64, 64, 96, 1024, 1024]
+    rng = np.random.default_rng(0)
+    planted = {g: rng.permutation(n) for g, n in sizes.items()}
+    result = gs.match([gs.permute(first, spec, planted), first], spec, method="weight_matching", seed=0)
+    for g in spec.groups:
+        np.testing.assert_array_equal(np.asarray(result.perms[g][1]), planted[g])
+
+
+def test_an_unknown_architecture_is_named() -> None:
+    with pytest.raises(ValueError, match="alexnet"):
+        _real.build("lenet-1998", 0)
