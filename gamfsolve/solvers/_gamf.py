@@ -42,7 +42,7 @@ from ..affinity._kernels._numba import available as numba_available
 from ..affinity._kernels._threads import one_blas_thread
 from ..affinity._objective import matched_affinity
 from ..affinity._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
-from ..spec._spec import PermutationSpec
+from ..spec._spec import PermutationSpec, groups_of
 from ..spec._validate import Checked
 from ._assign import hungarian, sinkhorn
 
@@ -70,6 +70,11 @@ class _Problem:
         self.movers = list(range(len(models))) if universe else list(range(1, len(models)))
         self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
+        # the groups whose maps a group's unit features read (the other axes of its parameters)
+        self.reads = {g: tuple(dict.fromkeys(h for name, axis in spec.users(g)
+                                             for a, e in enumerate(spec.axes[name]) if a != axis
+                                             for h in groups_of(e)))
+                      for g in spec.groups}
         ranges = value_ranges(models, list(sigmas), checked.xp)
         weight_bytes = sum(array_nbytes(x) for m in models for x in m.values())
         # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
@@ -140,6 +145,11 @@ def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) ->
 
 def _same(old: Array | None, new: Array, xp: Any) -> bool:
     return old is not None and old.ndim == 1 and bool(xp.all(old == new))
+
+
+def _unmoved(last: tuple[Any, ...] | None, now: tuple[Any, ...]) -> bool:
+    """Whether a group's read maps are the very objects they were at its last assignment."""
+    return last is not None and all(a is b for a, b in zip(last, now, strict=True))
 
 
 def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:
@@ -271,6 +281,10 @@ def _anneal(
     trace: list[float] = []
     best: tuple[float, list[Maps]] | None = None
     converged, message, it = False, "iteration limit reached", 0
+    # Hungarian stage, one mover: a group none of whose read maps moved since its last assignment
+    # (the same objects, the same kernel) would get the same scores and the same answer: skipped
+    assigned: dict[str, tuple[Any, ...]] = {}
+    series_of: dict[str, bool] = {}
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
         used_series = False  # a series stood in for the exact kernel somewhere in this sweep
@@ -280,17 +294,24 @@ def _anneal(
             keep = len(prob.movers) > 1
             state: dict[str, GroupScores] = {}
             for k in prob.movers:
-                scores, live = {}, []
+                scores, live, stamps = {}, [], {}
                 for g in color:
+                    if discrete and not keep:
+                        stamps[g] = (exact, *(maps[k].get(h) for h in prob.reads[g]))
+                        if _unmoved(assigned.get(g), stamps[g]):
+                            used_series = used_series or series_of[g]
+                            continue
                     st = state[g] if g in state else prob.group_scores(g, maps, None if exact else tau)
                     used_series = used_series or bool(st.series_degree)
+                    series_of[g] = bool(st.series_degree)
                     if keep:
                         state[g] = st
                     scores[g] = st.scores(k, maps)
                     live.append(st.live(k))
                     del st
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
-                    new = dict(zip(color, hungarian(list(scores.values()), xp, live=live), strict=True))
+                    new = dict(zip(scores, hungarian(list(scores.values()), xp, live=live), strict=True)) if scores else {}
+                    assigned.update(stamps)
                     # an unchanged index vector keeps its object: templates need no update and
                     # the neighbours' cached features stay valid
                     new = {g: m for g, m in new.items() if not _same(maps[k].get(g), m, xp)}
