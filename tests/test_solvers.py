@@ -75,11 +75,13 @@ def test_gamf_converges_and_reports():
     result = g.match(models, spec, method="gamf", seed=0)
     assert result.converged and result.n_iter > 1 and result.objective
     assert 0 < result.objective[-1] <= 1 and "Hungarian" in result.message
-    assert result.info["universe"] is False and result.info["gamma"] == 0.5
+    assert result.info["universe"] is False and result.info["gamma"] == 0.5 and result.info["tau0"] == 0.5
     in_universe = g.match(models, spec, method="gamf", universe=True, seed=0)
     assert in_universe.info["universe"] is True and in_universe.info["gamma"] == 0.85  # slower annealing there
+    assert in_universe.info["tau0"] == 1.0  # and from a higher first temperature
     assert in_universe.n_iter > result.n_iter
     assert g.match(models, spec, method="gamf", universe=True, gamma=0.7, seed=0).info["gamma"] == 0.7
+    assert g.match(models, spec, method="gamf", tau0=2.0, seed=0).info["tau0"] == 2.0
 
 
 @pytest.mark.parametrize("options", [{"affinity": "node"}, {"init": "identity"}, {"init": "random"},
