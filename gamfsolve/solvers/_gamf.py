@@ -42,9 +42,10 @@ from ..affinity._kernels._numba import available as numba_available
 from ..affinity._kernels._threads import one_blas_thread
 from ..affinity._objective import matched_affinity
 from ..affinity._scores import FeatureCache, GroupScores, array_nbytes, value_ranges
-from ..spec._spec import PermutationSpec, groups_of
+from ..spec._spec import PermutationSpec, groups_beside
 from ..spec._validate import Checked
 from ._assign import hungarian, sinkhorn
+from ._stamps import unmoved as _unmoved
 
 __all__: list[str] = []
 
@@ -71,9 +72,7 @@ class _Problem:
         self.pool = list(range(len(models))) if universe else [0]
         self.colors = color_groups(spec)
         # the groups whose maps a group's unit features read (the other axes of its parameters)
-        self.reads = {g: tuple(dict.fromkeys(h for name, axis in spec.users(g)
-                                             for a, e in enumerate(spec.axes[name]) if a != axis
-                                             for h in groups_of(e)))
+        self.reads = {g: tuple(dict.fromkeys(h for name, axis in spec.users(g) for h in groups_beside(spec, name, axis)))
                       for g in spec.groups}
         ranges = value_ranges(models, list(sigmas), checked.xp)
         weight_bytes = sum(array_nbytes(x) for m in models for x in m.values())
@@ -145,11 +144,6 @@ def _init_maps(prob: _Problem, init: str, seed: int | None, checked: Checked) ->
 
 def _same(old: Array | None, new: Array, xp: Any) -> bool:
     return old is not None and old.ndim == 1 and bool(xp.all(old == new))
-
-
-def _unmoved(last: tuple[Any, ...] | None, now: tuple[Any, ...]) -> bool:
-    """Whether a group's read maps are the very objects they were at its last assignment."""
-    return last is not None and all(a is b for a, b in zip(last, now, strict=True))
 
 
 def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:

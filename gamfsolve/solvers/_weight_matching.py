@@ -8,7 +8,6 @@ weighted mean of the others (in the common order) until a pass changes nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,9 +18,11 @@ from .._progress import Progress
 from .._result import MatchResult
 from .._xp import to_host
 from ..affinity._features import unit_features
-from ..spec._spec import PermutationSpec, groups_of
+from ..affinity._scores import array_nbytes as _array_bytes
+from ..spec._spec import PermutationSpec, groups_beside
 from ..spec._validate import Checked
 from ._assign import hungarian
+from ._stamps import unmoved
 
 __all__ = ["align_to"]
 
@@ -33,10 +34,6 @@ Array = Any
 # than ``CACHE_MIN_EDGES`` numbers per unit are recomputed (about as cheap as reading them back).
 CACHE_BYTES = 1 << 28
 CACHE_MIN_EDGES = 32
-
-
-def _array_bytes(x: Array) -> int:
-    return int(math.prod(x.shape)) * int(getattr(x.dtype, "itemsize", 4))
 
 
 class _Gains:
@@ -53,11 +50,7 @@ class _Gains:
                  sizes: Mapping[str, int], xp: Any) -> None:
         self.x, self.spec, self.sizes, self.xp = x, spec, sizes, xp
         self.ref = _target_features(target, spec, sizes, xp)  # per group, (F, n) per user
-        self.deps = {
-            (g, name, axis): tuple(dict.fromkeys(h for a, e in enumerate(spec.axes[name]) if a != axis
-                                                 for h in groups_of(e)))
-            for g in sizes for name, axis in spec.users(g)
-        }
+        self.deps = {(g, name, axis): groups_beside(spec, name, axis) for g in sizes for name, axis in spec.users(g)}
         self.terms: dict[tuple[str, str, int], tuple[tuple[Any, ...], Array]] = {}
         self.solved: dict[str, tuple[Any, ...]] = {}
         self.room = max(CACHE_BYTES, 2 * sum(_array_bytes(v) for v in x.values()))
@@ -68,8 +61,7 @@ class _Gains:
 
     def fresh(self, g: str, maps: Mapping[str, Array]) -> bool:
         """Whether ``g`` was assigned before and no map its terms read has changed since."""
-        old = self.solved.get(g)
-        return old is not None and all(a is b for a, b in zip(old, self.stamp(g, maps), strict=True))
+        return unmoved(self.solved.get(g), self.stamp(g, maps))
 
     def mark(self, g: str, stamp: tuple[Any, ...]) -> None:
         """``g`` was just assigned from terms that read the maps in ``stamp``."""
@@ -81,7 +73,7 @@ class _Gains:
         found: dict[tuple[str, int], Array] = {}
         for name, axis in users:
             hit = self.terms.get((g, name, axis))
-            if hit is not None and all(a is maps[h] for a, h in zip(hit[0], self.deps[(g, name, axis)], strict=True)):
+            if hit is not None and unmoved(hit[0], tuple(maps[h] for h in self.deps[(g, name, axis)])):
                 found[(name, axis)] = hit[1]
         missing = {name for name, axis in users if (name, axis) not in found}
         for f in unit_features(self.x, self.spec, g, self.sizes, maps, xp, only=missing) if missing else []:

@@ -144,6 +144,12 @@ def groups_of(entry: AxisEntry) -> tuple[str, ...]:
     return tuple(s.group for s in segments_of(entry) if s.group is not None)
 
 
+def groups_beside(spec: PermutationSpec, name: str, axis: int) -> tuple[str, ...]:
+    """The groups on parameter ``name``'s axes other than ``axis``, each once: the maps that a
+    unit feature of ``axis`` reads."""
+    return tuple(dict.fromkeys(h for a, e in enumerate(spec.axes[name]) if a != axis for h in groups_of(e)))
+
+
 def _check_entry(name: str, axis: int, entry: object) -> AxisEntry:
     if entry is None or isinstance(entry, (Blocks, Concat, Split)):
         return entry
