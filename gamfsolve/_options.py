@@ -24,10 +24,12 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def integer(lo: int) -> Check:
-    """An integer (not a bool, not a float) ``>= lo``."""
+def integer(lo: int, *, optional: bool = False) -> Check:
+    """An integer (not a bool, not a float) ``>= lo``; None too where ``optional``."""
 
     def check(name: str, value: Any) -> None:
+        if optional and value is None:
+            return
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             raise OptionError(f"option {name} must be an integer >= {lo}, got {value!r} ({type(value).__name__})")
         if int(value) < lo:
@@ -94,7 +96,8 @@ RULES: dict[str, dict[str, Check]] = {
     "gamf": {
         "affinity": choice("affinity._affinity", "AFFINITIES"), "kernel": choice("affinity._kernels", "KERNELS"), "sigma": widths,
         "sigma_scale": real(optional=True),
-        "tau0": real(optional=True), "gamma": real(0.0, 1.0, optional=True), "tau_min": real(), "max_sweeps": integer(1),
+        "tau0": real(optional=True), "gamma": real(0.0, 1.0, optional=True), "tau_min": real(),
+        "max_sweeps": integer(1, optional=True),
         "tol": real(lo_open=False), "sinkhorn_tol": real(), "sinkhorn_max_iter": integer(1),
         "max_iter": integer(1), "init": choice("solvers._gamf", "INITS"), "universe": boolean(optional=True),
         "balance": choice("affinity._affinity", "BALANCES"), "series": boolean(),

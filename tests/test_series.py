@@ -60,6 +60,25 @@ def test_series_follows_the_input_namespace(to_backend) -> None:
     np.testing.assert_allclose(to_numpy(phi), series_features(x, 20.0, np, degree=2), rtol=1e-5, atol=1e-6)
 
 
+@settings(max_examples=30, deadline=None)
+@given(dim=st.sampled_from([1, 2, 9, 25]), degree=st.integers(1, 6), n=st.integers(1, 40), e=st.integers(1, 70),
+       center=st.floats(-0.5, 0.5), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
+def test_compiled_series_matches_the_array_code(dim, degree, n, e, center, dtype, seed) -> None:
+    from gamfsolve.affinity._kernels import _numba
+
+    if not _numba.available():
+        pytest.skip("numba is not installed")
+    degree = 1 if dim > 1 else degree
+    x = (0.7 * np.random.default_rng(seed).standard_normal((n, e, dim))).astype(dtype)
+    before = x.copy()
+    compiled = _numba.series_numba(x, 3.0, center, degree)
+    xps = pytest.importorskip("array_api_strict")
+    array_code = np.asarray(series_features(xps.asarray(x), 3.0, xps, center=center, degree=degree))
+    assert compiled.dtype == dtype and compiled.shape == (n, e * series_rank(dim, degree))
+    np.testing.assert_allclose(compiled, array_code, rtol=3e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
+    np.testing.assert_array_equal(x, before)
+
+
 def _xp(x):
     from gamfsolve._xp import namespace
 
