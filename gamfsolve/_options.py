@@ -97,7 +97,7 @@ RULES: dict[str, dict[str, Check]] = {
         "affinity": choice("affinity._affinity", "AFFINITIES"), "kernel": choice("affinity._kernels", "KERNELS"), "sigma": widths,
         "sigma_scale": real(optional=True),
         "tau0": real(optional=True), "gamma": real(0.0, 1.0, optional=True), "tau_min": real(),
-        "max_sweeps": integer(1, optional=True),
+        "max_sweeps": integer(1, optional=True), "hungarian_tol": real(lo_open=False),
         "tol": real(lo_open=False), "sinkhorn_tol": real(), "sinkhorn_max_iter": integer(1),
         "max_iter": integer(1), "init": choice("solvers._gamf", "INITS"), "universe": boolean(optional=True),
         "balance": choice("affinity._affinity", "BALANCES"), "series": boolean(),

@@ -25,6 +25,7 @@ protocol.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -168,6 +169,7 @@ TAU0_TWO = 0.5  # the first temperature for two models, and in the universe: see
 TAU0_UNIVERSE = 1.0
 MAX_SWEEPS_TWO = 1  # Sinkhorn sweeps per temperature at most, for two models and in the universe
 MAX_SWEEPS_UNIVERSE = 2
+HUNGARIAN_TOL = 1e-6  # a Hungarian sweep raising the objective by less than this, relative, ends a sub-stage
 SIGMA_SCALE = 30.0  # the kernel width's default multiple of 2 D var(w), models of one width
 SIGMA_SCALE_WIDTHS = 1.0  # and for models of different widths: see _gamf's docstring
 
@@ -178,6 +180,7 @@ def _gamf(
     affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
     sigma_scale: float | None = None, tau0: float | None = None, gamma: float | None = None, tau_min: float = 0.02,
     max_sweeps: int | None = None, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
+    hungarian_tol: float = HUNGARIAN_TOL,
     max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
     series: bool = True, progress: bool = False,
 ) -> MatchResult:
@@ -223,8 +226,15 @@ def _gamf(
     or "sqrt" (1 / sqrt of the edge count: ahead of "param" on LeNet pairs, +3.4 points over 40
     pairs, behind it on MLPs) or "edge" (the paper's plain sum over edges); see ``_affinity``.
     It also weighs the objective that picks the best Hungarian iterate, whatever the
-    ``affinity``. ``result.info`` reports ``universe``, ``affinity``, ``sigmas``, ``sigma_scale``,
-    ``gamma``, ``tau0``, ``max_sweeps`` and ``balance``.
+    ``affinity``. ``hungarian_tol``: the Hungarian stage's series part, and then its exact part,
+    also end when a sweep raises the objective by no more than this fraction of it (0: only at a
+    fixed point or a 2-cycle). On two random ResNet-50 initialisations (HF layout, 64 px) the
+    Hungarian stage raised the objective by 8e-5 relative over 28 sweeps, all but the first 6
+    gaining less than 3.5e-6 each; with 1e-6 the whole solve took 17 iterations, not 33. On the
+    ensemble protocol's trained MNIST pairs and LeNet quadruples (16 seeds per cell) 1e-6 against
+    0 gave the same accuracy on all 64 fusions at 0.74-1.01x the CPU time (1e-5: one LeNet N = 4
+    fusion 2.2 points lower). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
+    ``sigma_scale``, ``gamma``, ``tau0``, ``max_sweeps`` and ``balance``.
     """
     if affinity not in AFFINITIES:
         raise OptionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
@@ -256,7 +266,8 @@ def _gamf(
     with one_blas_thread(prob.kind == "edge" and prob.cache.kernel == "numba"), Progress(progress, "gamf") as bar:
         best, trace, it, converged, message = _anneal(
             prob, maps, tau0=tau0, gamma=gamma, tau_min=tau_min, max_sweeps=max_sweeps, tol=tol,
-            sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter, max_iter=max_iter, bar=bar)
+            hungarian_tol=hungarian_tol, sinkhorn_tol=sinkhorn_tol, sinkhorn_max_iter=sinkhorn_max_iter,
+            max_iter=max_iter, bar=bar)
     if best is None:
         raise FusionError("max_iter ended before the Hungarian stage; raise max_iter or lower max_sweeps")
     if not converged:
@@ -271,7 +282,7 @@ def _gamf(
 
 def _anneal(
     prob: _Problem, maps: list[Maps], *, tau0: float, gamma: float, tau_min: float, max_sweeps: int, tol: float,
-    sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int, bar: Progress,
+    hungarian_tol: float, sinkhorn_tol: float, sinkhorn_max_iter: int, max_iter: int, bar: Progress,
 ) -> tuple[tuple[float, list[Maps]] | None, list[float], int, bool, str]:
     """Alg. 1 / 2's loop: Sinkhorn sweeps at falling temperature, then Hungarian sweeps until a
     fixed point or a 2-cycle. Updates ``maps`` in place; returns the best Hungarian iterate
@@ -347,7 +358,12 @@ def _anneal(
         if best is None or value > best[0]:
             best = (value, [dict(m) for m in maps])
         snap = _snapshot(maps, prob.movers)
-        settled = snap in seen[-2:]  # a fixed point or a 2-cycle
+        # a sweep that raised the objective by less than hungarian_tol (relative) ends a sub-stage
+        # as a fixed point would: on random pairs the exact sub-stage otherwise creeps on for tens
+        # of sweeps of ~1e-7 each (see the docstring)
+        gain = trace[-1] - trace[-2] if len(trace) >= 2 else math.inf
+        stalled = hungarian_tol > 0 and 0 <= gain <= hungarian_tol * abs(trace[-1])
+        settled = snap in seen[-2:] or stalled  # a fixed point, a 2-cycle, or a stall
         if not exact and settled:
             exact = True  # the series stage settled: go on with the exact kernel from here
             if used_series:
@@ -358,6 +374,9 @@ def _anneal(
             break
         if len(seen) >= 2 and snap == seen[-2]:
             converged, message = True, "2-cycle in the Hungarian stage; returned the better iterate"
+            break
+        if stalled and exact:
+            converged, message = True, f"Hungarian sweep gained less than hungarian_tol={hungarian_tol:g} of the objective"
             break
         seen.append(snap)
     return best, trace, it, converged, message
