@@ -52,8 +52,8 @@ def test_the_hungarian_stage_scores_less(net: str, monkeypatch: pytest.MonkeyPat
         scores = _gamf._Problem.group_scores
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(_gamf._Problem, "group_scores",
-                       lambda self, grp, maps, tau=None, calls=calls, scores=scores: calls.append(grp)
-                       or scores(self, grp, maps, tau))
+                       lambda self, grp, maps, tau=None, discrete=False, calls=calls, scores=scores: calls.append(grp)
+                       or scores(self, grp, maps, tau, discrete=discrete))
             if not skip:
                 mp.setattr(_gamf, "_unmoved", lambda last, now: False)
             result = g.match(models, spec, method="gamf", seed=0)

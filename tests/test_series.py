@@ -129,9 +129,9 @@ def test_hungarian_stage_ends_on_the_float32_level_kernel(monkeypatch: pytest.Mo
     temps: list[float | None] = []
     scores = _gamf._Problem.group_scores
 
-    def spy(self, group, maps, tau=None):  # type: ignore[no-untyped-def]
+    def spy(self, group, maps, tau=None, discrete=False):  # type: ignore[no-untyped-def]
         temps.append(tau)
-        return scores(self, group, maps, tau)
+        return scores(self, group, maps, tau, discrete=discrete)
 
     monkeypatch.setattr(_gamf._Problem, "group_scores", spy)
     rng = np.random.default_rng(4)

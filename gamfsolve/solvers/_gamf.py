@@ -82,16 +82,16 @@ class _Problem:
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
                                   kernel=_map_kernel(kernel, models, len(self.pool), wide, self.series), xp=self.xp,
                                   budget=weight_bytes // 4 + (16 << 20), own=self.own,
-                                  series_budget=weight_bytes + (32 << 20))
+                                  series_budget=weight_bytes + (32 << 20), bases_budget=weight_bytes + (32 << 20))
 
-    def group_scores(self, group: str, maps: list[Maps], tau: float | None = None) -> GroupScores:
+    def group_scores(self, group: str, maps: list[Maps], tau: float | None = None, discrete: bool = False) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn
         stage's temperature, which sets how closely a short series must match the exact kernel to
         stand in for it (None: the end of the Hungarian stage, float32 rounding; see :mod:`._kernels._series`)."""
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
                            live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
-                           tau=tau, movers=self.movers, series=self.series)
+                           tau=tau, movers=self.movers, series=self.series, discrete=discrete)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input, per
@@ -321,7 +321,7 @@ def _anneal(
                         if _unmoved(assigned.get(g), stamps[g]):
                             used_series = used_series or series_of[g]
                             continue
-                    st = state[g] if g in state else prob.group_scores(g, maps, None if exact else tau)
+                    st = state[g] if g in state else prob.group_scores(g, maps, None if exact else tau, discrete=discrete)
                     used_series = used_series or bool(st.series_degree)
                     series_of[g] = bool(st.series_degree)
                     if keep:
