@@ -257,7 +257,7 @@ class GroupScores:
         got = [cache.get(k, group, mp) for k, mp in enumerate(maps)]
         self.features: list[list[Feature]] = [f for f, _, _ in got]
         self.stamps = [st for _, _, st in got]
-        self.phi: dict[int, list[Array]] = {}  # feature index -> per-model feature maps
+        self.phi: dict[int, list[Array]] = {}  # feature index -> per-model feature maps (see _map)
         for f in range(len(self.features[0])):
             maps_f = [p[f] for _, p, _ in got]
             if all(p is not None for p in maps_f):
@@ -268,7 +268,7 @@ class GroupScores:
         # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
         # weighted sum, the self-term of a mover is its own term (its map has not moved since),
         # and after a move only the new term is computed.
-        self.terms = {f: {j: map_columns(self.phi[f][j].T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
+        self.terms = {f: {j: map_columns(self._map(f, j).T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
         # one pool model (two-model solves): no template copy; its weight scales the (n, n) product
         self.templates = {} if len(self.pool) == 1 else {f: self._template(f) for f in self.phi}
 
@@ -294,10 +294,18 @@ class GroupScores:
             dim = int(feat.x.shape[2])
             for degree in range(1, max_degree(dim) + 1):
                 if self.cache.series_ratio(self.group, feat, k, j, degree) <= allowed:
-                    self.phi[f] = [self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree)
-                                   for i in range(len(self.features))]
+                    # built when first read (:meth:`_map`): a mover's scores may be updated without them
+                    self.phi[f] = [None] * len(self.features)
                     self.series_degree[f] = degree
                     break
+
+    def _map(self, f: int, i: int) -> Array:
+        """Model ``i``'s feature map of feature ``f``; a series map is built on first use."""
+        phi = self.phi[f]
+        if phi[i] is None:
+            degree = self.series_degree[f]
+            phi[i] = self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree)
+        return phi[i]
 
     def _template(self, f: int) -> Array:
         total = None
@@ -355,10 +363,9 @@ class GroupScores:
     def _delta(self, k: int, old: list[Array], raw: Array) -> Array | None:
         """Raw scores updated from ``raw`` (computed on features ``old``) over only the edges whose
         values changed: ``R += A(new_S, y_S) - A(old_S, y_S)`` per feature, ``S`` the changed
-        edges (the kernel is a sum over edges). None where that would cost more than scoring afresh.
-
-        In the Hungarian stage a sweep moves few units, so few edges change: on two random
-        ResNet-50 initialisations most groups' scores cost a few percent of a full product."""
+        edges (the kernel is a sum over edges). None where that would cost more than scoring afresh
+        (twice the changed edges against all of them). In the Hungarian stage a sweep moves few
+        units, so few edges change."""
         xp, j = self.xp, self.pool[0]
         changed: list[tuple[int, Array]] = []
         work = full = 0
@@ -376,52 +383,48 @@ class GroupScores:
             return None
         total = raw
         for f, idx in changed:
-            new_part = self._edge_term(k, j, f, xp.take(self.features[k][f].x, idx, axis=1),
-                                       xp.take(self.features[j][f].x, idx, axis=1))
-            old_part = self._edge_term(k, j, f, xp.take(old[f], idx, axis=1),
-                                       xp.take(self.features[j][f].x, idx, axis=1))
-            total = total + (new_part - old_part)
+            feat = self.features[k][f]
+            new, before, y = (xp.take(z, idx, axis=1) for z in (feat.x, old[f], self.features[j][f].x))
+            w = self.weights[j] * (1.0 if self.edge_weights is None else self.edge_weights.get(feat.name, 1.0))
+            if f in self.phi:  # a feature map: one product of the maps' difference
+                step = (self._edge_map(f, new) - self._edge_map(f, before)) @ self._edge_map(f, y).T
+                total = total + (step * w if w != 1.0 else step)
+            else:  # the exact kernel: the changed edges' affinity before and after
+                pair = [Feature(feat.name, feat.axis, y)]
+                after_, before_ = (group_affinity([Feature(feat.name, feat.axis, z)], pair, self.sigmas, xp, kind=self.kind,
+                                                  kernel=self.kernel, weights=self.edge_weights) for z in (new, before))
+                total = total + self.weights[j] * (after_ - before_)
         return total
 
-    def _edge_term(self, k: int, j: int, f: int, x: Array, y: Array) -> Array:
-        """Feature ``f``'s weighted raw term on the edges given, ``x`` (n, E', D) of model ``k``,
-        ``y`` of model ``j``, scored as the full term is (series, feature map or exact kernel)."""
-        feat = self.features[k][f]
-        w = self.weights[j] * (1.0 if self.edge_weights is None else self.edge_weights.get(feat.name, 1.0))
+    def _edge_map(self, f: int, x: Array) -> Array:
+        """Feature ``f``'s map (its series, or the kernel's feature map) of edges ``x`` (n, E', D),
+        built as the full feature's is."""
+        feat = self.features[self.pool[0]][f]
+        sigma = self.sigmas[feat.name]
         if f in self.series_degree:
-            centre, degree = self.cache.ranges[feat.name][0], self.series_degree[f]
-            sigma = self.sigmas[feat.name]
-            a = series_features(x, sigma, self.xp, center=centre, degree=degree) @ \
-                series_features(y, sigma, self.xp, center=centre, degree=degree).T
-        elif f in self.phi:
-            centre, bound = self.cache.ranges[feat.name]
-            sigma = self.sigmas[feat.name]
-            px, py = (edge_features(z, sigma, kernel=self.cache.kernel, bound=bound, center=centre) for z in (x, y))
-            if px is None or py is None:  # the same call gave a map for all edges; never for a subset
-                raise AssertionError(f"no feature map for a subset of {feat.name!r}'s edges")
-            a = px @ py.T
-        else:
-            return self.weights[j] * group_affinity([Feature(feat.name, feat.axis, x)], [Feature(feat.name, feat.axis, y)],
-                                                    self.sigmas, self.xp, kind=self.kind, kernel=self.kernel,
-                                                    weights=self.edge_weights)
-        return a * w if w != 1.0 else a
+            return series_features(x, sigma, self.xp, center=self.cache.ranges[feat.name][0], degree=self.series_degree[f])
+        centre, bound = self.cache.ranges[feat.name]
+        phi = edge_features(x, sigma, kernel=self.cache.kernel, bound=bound, center=centre)
+        if phi is None:  # the same call gave a map for all edges; never for a subset
+            raise AssertionError(f"no feature map for a subset of {feat.name!r}'s edges")
+        return phi
 
     def _raw(self, k: int, maps: Sequence[Mapping[str, Array]]) -> Array:
         """Raw ``R_g^(k)`` from all features (see :meth:`scores`)."""
         xp, group = self.xp, self.group
         partners = [j for j in self.pool if j != k]
         total = None
-        for f, per_model in self.phi.items():
+        for f in self.phi:
             if not self.templates:  # a single pool model j: R = w_j Phi_k (Phi_j^T M_j), or 0 when j = k
                 (j,) = self.pool
                 if j == k:
                     continue
-                term = self.weights[j] * (per_model[k] @ self.terms[f][j])
+                term = self.weights[j] * (self._map(f, k) @ self.terms[f][j])
             else:
                 t = self.templates[f]
                 if k in self.pool:
                     t = t - self.weights[k] * self.terms[f][k]
-                term = per_model[k] @ t
+                term = self._map(f, k) @ t
             w = 1.0 if self.edge_weights is None else self.edge_weights.get(self.features[k][f].name, 1.0)
             if w != 1.0:
                 term = term * w
@@ -491,8 +494,8 @@ class GroupScores:
         """Model ``k``'s map for this group changed from ``old`` to ``new``: update the templates."""
         if k not in self.pool:
             return
-        for f, per_model in self.phi.items():
-            after = map_columns(per_model[k].T, new, self.xp)
+        for f in self.phi:
+            after = map_columns(self._map(f, k).T, new, self.xp)
             if self.templates:
                 self.templates[f] = self.templates[f] + self.weights[k] * (after - self.terms[f][k])
             self.terms[f][k] = after
