@@ -13,8 +13,9 @@ Departures from the released research code, each fixing a measured failure
 (ALGORITHM.md, sec. 4): ``R`` is standardised so ``tau`` is scale-free; ``sigma`` adapts to
 each parameter's scale; groups are updated Gauss-Seidel by colour classes (groups that share
 no parameter are updated together), which removes the 2-cycles of simultaneous updates;
-a stage ends when the plans stop moving; the discrete stage stops at a fixed point or a
-2-cycle and returns the best iterate it saw. And one departure from the paper's objective:
+a stage ends when the plans stop moving; the discrete stage stops at a fixed point, a
+2-cycle or a sweep that gains less than ``hungarian_tol`` of the objective, and returns the
+best iterate it saw. And one departure from the paper's objective:
 each weight tensor's edges are weighed by 1 / its edge count (``balance="param"``,
 ``_affinity.edge_weights``), so a unit hears each of its layers equally; and for models of
 one width the kernel is 30 times wider than two independent edges' expected squared distance
