@@ -35,10 +35,10 @@ def test_updated_scores_equal_fresh_ones(net: str, seed: int, level: float | Non
     checked = []
     delta = _scores.GroupScores._delta
 
-    def both(self, k, old, raw):
-        out = delta(self, k, old, raw)
+    def both(self, k, old, raw, which):
+        out = delta(self, k, old, raw, which)
         if out is not None:
-            fresh = self._raw(k, [{} for _ in self.features])  # the partner has no maps
+            fresh = self._raw(k, [{} for _ in self.features], which)  # the partner has no maps
             np.testing.assert_allclose(out, fresh, rtol=2e-5, atol=2e-5 * float(np.abs(fresh).max()))
             checked.append(self.group)
         return out
@@ -58,10 +58,10 @@ def test_updates_happen_and_agree_with_the_plain_solve(series: bool) -> None:
     calls = []
     delta = _scores.GroupScores._delta
 
-    def both(self, k, old, raw):
-        out = delta(self, k, old, raw)
+    def both(self, k, old, raw, which):
+        out = delta(self, k, old, raw, which)
         if out is not None:
-            fresh = self._raw(k, [{} for _ in self.features])
+            fresh = self._raw(k, [{} for _ in self.features], which)
             np.testing.assert_allclose(out, fresh, rtol=2e-5, atol=2e-5 * float(np.abs(fresh).max()))
             calls.append(self.group)
         return out
@@ -80,7 +80,7 @@ def test_no_updates_for_the_node_affinity_or_the_universe() -> None:
     models, spec = _pair("mlp", 0, 0.5)
     calls = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_scores.GroupScores, "_delta", lambda self, k, old, raw: calls.append(1))
+        mp.setattr(_scores.GroupScores, "_delta", lambda self, k, old, raw, which: calls.append(1))
         g.match(models, spec, method="gamf", seed=0, affinity="node")
         g.match([*models, models[0]], spec, method="gamf", seed=0, max_iter=60)
     assert not calls

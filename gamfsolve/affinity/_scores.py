@@ -99,7 +99,7 @@ class FeatureCache:
         self.stamp = 0
         # the last raw scores of a group for a mover with the features they came from (discrete
         # stage, two models): see GroupScores._delta; their own byte budget
-        self.bases: dict[tuple[int, str], tuple[tuple[Any, ...], list[Array], Array, int]] = {}
+        self.bases: dict[tuple[int, str], tuple[dict[str, Any], list[Array], dict[str, Any], int]] = {}
         self.bases_budget, self.bases_used = bases_budget, 0
         self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
         for g in spec.groups:
@@ -197,17 +197,17 @@ class FeatureCache:
             self.series_used += array_nbytes(phi)
         return phi
 
-    def base(self, k: int, group: str) -> tuple[tuple[Any, ...], list[Array], Array, int] | None:
-        """The stored ``(config, mover features, raw scores, bytes)`` of ``group`` for model ``k``, or None."""
+    def base(self, k: int, group: str) -> tuple[dict[str, Any], list[Array], dict[str, Any], int] | None:
+        """The stored ``(configs, mover features, raw parts, bytes)`` of ``group`` for model ``k``, or None."""
         return self.bases.get((k, group))
 
-    def store_base(self, k: int, group: str, config: tuple[Any, ...], own: list[Array], raw: Array) -> None:
+    def store_base(self, k: int, group: str, config: dict[str, Any], own: list[Array], raws: dict[str, Any]) -> None:
         old = self.bases.pop((k, group), None)
         if old is not None:
             self.bases_used -= old[3]
-        size = array_nbytes(raw) + sum(array_nbytes(x) for x in own)
+        size = sum(array_nbytes(r) for r in raws.values() if r is not None) + sum(array_nbytes(x) for x in own)
         if self.bases_used + size <= self.bases_budget:
-            self.bases[k, group] = (config, own, raw, size)
+            self.bases[k, group] = (config, own, raws, size)
             self.bases_used += size
 
     def pair(self, key: tuple[str, int, int, tuple[int, ...]], stamps: tuple[Any, ...]) -> Array | None:
@@ -330,13 +330,22 @@ class GroupScores:
         edges, no affinity, below every real pair (a sum of Gaussians is positive). Their
         feature maps are zero (:meth:`FeatureCache.alive`); pairwise affinities are masked here.
         """
-        delta = self._delta_ready(k, maps)
-        raw = self._delta(k, *delta) if delta is not None else None
-        if raw is None:
-            raw = self._raw(k, maps)
+        # two parts, the features with a feature map (products) and those on the exact kernel, so
+        # that a change of series degree (the Hungarian stage's last part) rescores only the first
+        parts = {"maps": [f for f in range(len(self.features[k])) if f in self.phi],
+                 "exact": [f for f in range(len(self.features[k])) if f not in self.phi]}
+        ready = self._delta_ready(k, maps)
+        raws: dict[str, Array | None] = {}
+        for name, which in parts.items():
+            raw = None
+            if ready is not None and ready[0].get(name) == self._config(k, which) and ready[2].get(name) is not None:
+                raw = self._delta(k, ready[1], ready[2][name], which)
+            raws[name] = raw if raw is not None else self._raw(k, maps, which)
         if self._deltas_apply(k):
-            self.cache.store_base(k, self.group, self._config(k), [f.x for f in self.features[k]], raw)
-        return standardize(raw, self.xp)
+            self.cache.store_base(k, self.group, {name: self._config(k, which) for name, which in parts.items()},
+                                  [f.x for f in self.features[k]], raws)
+        present = [r for r in raws.values() if r is not None]
+        return standardize(present[0] if len(present) == 1 else present[0] + present[1], self.xp)
 
     def _deltas_apply(self, k: int) -> bool:
         """Scores may be updated from the last ones: the discrete stage of a two-model solve,
@@ -345,22 +354,20 @@ class GroupScores:
                 and self.cache.alive(k, self.group) is None
                 and self.cache.alive(self.pool[0], self.group) is None)
 
-    def _config(self, k: int) -> tuple[Any, ...]:
-        """How each feature is scored: the exact kernel, a feature map, or the series of some degree."""
-        return tuple((feat.name, feat.axis, self.series_degree.get(f, "map" if f in self.phi else "exact"))
-                     for f, feat in enumerate(self.features[k]))
+    def _config(self, k: int, which: list[int]) -> tuple[Any, ...]:
+        """How features ``which`` are scored: the exact kernel, a feature map, or the series of some degree."""
+        return tuple((self.features[k][f].name, self.features[k][f].axis,
+                      self.series_degree.get(f, "map" if f in self.phi else "exact")) for f in which)
 
-    def _delta_ready(self, k: int, maps: Sequence[Mapping[str, Array]]) -> tuple[list[Array], Array] | None:
-        """The stored features and raw scores to update, when they were scored the same way and the
-        partner has no maps (its features never change)."""
+    def _delta_ready(self, k: int, maps: Sequence[Mapping[str, Array]]) -> tuple[Any, list[Array], Any] | None:
+        """The stored ``(configs, features, raw parts)`` to update, when the partner has no maps
+        (its features never change); each part is updated only where scored the same way."""
         if not self._deltas_apply(k) or any(m is not None for m in maps[self.pool[0]].values()):
             return None
         base = self.cache.base(k, self.group)
-        if base is None or base[0] != self._config(k):
-            return None
-        return base[1], base[2]
+        return None if base is None else (base[0], base[1], base[2])
 
-    def _delta(self, k: int, old: list[Array], raw: Array) -> Array | None:
+    def _delta(self, k: int, old: list[Array], raw: Array, which: list[int]) -> Array | None:
         """Raw scores updated from ``raw`` (computed on features ``old``) over only the edges whose
         values changed: ``R += A(new_S, y_S) - A(old_S, y_S)`` per feature, ``S`` the changed
         edges (the kernel is a sum over edges). None where that would cost more than scoring afresh
@@ -369,7 +376,8 @@ class GroupScores:
         xp, j = self.xp, self.pool[0]
         changed: list[tuple[int, Array]] = []
         work = full = 0
-        for f, feat in enumerate(self.features[k]):
+        for f in which:
+            feat = self.features[k][f]
             n_edges, dim = int(feat.x.shape[1]), int(feat.x.shape[2])
             full += n_edges * dim
             if feat.x is old[f]:
@@ -409,12 +417,13 @@ class GroupScores:
             raise AssertionError(f"no feature map for a subset of {feat.name!r}'s edges")
         return phi
 
-    def _raw(self, k: int, maps: Sequence[Mapping[str, Array]]) -> Array:
-        """Raw ``R_g^(k)`` from all features (see :meth:`scores`)."""
+    def _raw(self, k: int, maps: Sequence[Mapping[str, Array]], which: list[int] | None = None) -> Array | None:
+        """Raw ``R_g^(k)`` from features ``which`` (default all; see :meth:`scores`); None if there are none."""
         xp, group = self.xp, self.group
         partners = [j for j in self.pool if j != k]
+        chosen = set(range(len(self.features[k]))) if which is None else set(which)
         total = None
-        for f in self.phi:
+        for f in (f for f in self.phi if f in chosen):
             if not self.templates:  # a single pool model j: R = w_j Phi_k (Phi_j^T M_j), or 0 when j = k
                 (j,) = self.pool
                 if j == k:
@@ -429,7 +438,7 @@ class GroupScores:
             if w != 1.0:
                 term = term * w
             total = term if total is None else total + term
-        rest = [i for i in range(len(self.features[k])) if i not in self.phi]
+        rest = [i for i in range(len(self.features[k])) if i not in self.phi and i in chosen]
         if rest:
             for j in partners:
                 a = self._rest_affinity(k, j, rest)
