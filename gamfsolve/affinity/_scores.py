@@ -17,9 +17,11 @@ a two-model solve (has no maps), and, in the discrete stage, neighbours whose in
 did not move.
 
 In the discrete stage of a two-model solve a group's raw scores are also kept with the mover's
-features they came from; the next time, only the edges whose values changed (the units that
-moved in a neighbouring group) are scored, as ``R += A(new_S, y_S) - A(old_S, y_S)``, the kernel
-being a sum over edges (:meth:`GroupScores._delta`), within ``bases_budget`` bytes.
+features they came from, in two parts (features with a feature map, features on the exact
+kernel); the next time, only the edges whose values changed (the units that moved in a
+neighbouring group) are scored, as ``R += A(new_S, y_S) - A(old_S, y_S)``, the kernel being a sum
+over edges (:meth:`GroupScores._delta`), and a part whose features are scored another way (a new
+series degree) is scored afresh; within ``bases_budget`` bytes.
 """
 
 from __future__ import annotations
