@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._xp import device
-from ..spec._spec import PermutationSpec, segments_of
+from ..spec._spec import PermutationSpec, groups_beside
 from ._affinity import group_affinity, map_columns, standardize
 from ._features import Feature, unit_features
 from ._kernels import edge_features
@@ -106,8 +106,7 @@ class FeatureCache:
         self.deps: dict[tuple[str, str], tuple[str, ...]] = {}
         for g in spec.groups:
             for name, axis in spec.users(g):
-                others = {seg.group for a, e in enumerate(spec.axes[name]) if a != axis and e is not None
-                          for seg in segments_of(e) if seg.group is not None}
+                others = set(groups_beside(spec, name, axis))
                 self.deps[g, name] = tuple(sorted(set(self.deps.get((g, name), ())) | others))
 
     def _compute(self, k: int, group: str, name: str, maps: Mapping[str, Array]) -> tuple[list[Feature], list[Any]]:
@@ -361,13 +360,12 @@ class GroupScores:
         return tuple((self.features[k][f].name, self.features[k][f].axis,
                       self.series_degree.get(f, "map" if f in self.phi else "exact")) for f in which)
 
-    def _delta_ready(self, k: int, maps: Sequence[Mapping[str, Array]]) -> tuple[Any, list[Array], Any] | None:
-        """The stored ``(configs, features, raw parts)`` to update, when the partner has no maps
-        (its features never change); each part is updated only where scored the same way."""
+    def _delta_ready(self, k: int, maps: Sequence[Mapping[str, Array]]) -> tuple[Any, list[Array], Any, int] | None:
+        """The stored ``(configs, features, raw parts, bytes)`` to update, when the partner has no
+        maps (its features never change); each part is updated only where scored the same way."""
         if not self._deltas_apply(k) or any(m is not None for m in maps[self.pool[0]].values()):
             return None
-        base = self.cache.base(k, self.group)
-        return None if base is None else (base[0], base[1], base[2])
+        return self.cache.base(k, self.group)
 
     def _delta(self, k: int, old: list[Array], raw: Array, which: list[int]) -> Array | None:
         """Raw scores updated from ``raw`` (computed on features ``old``) over only the edges whose
