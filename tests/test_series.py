@@ -141,3 +141,42 @@ def test_hungarian_stage_ends_on_the_float32_level_kernel(monkeypatch: pytest.Mo
     assert result.converged
     assert temps[-1] is None  # the last sweep: series only at float32 rounding, else exact
     assert any(t is not None and t < 0.02 for t in temps)  # the series part of the Hungarian stage ran
+
+
+@settings(max_examples=30, deadline=None)
+@given(dim=st.sampled_from([1, 2, 9]), degree=st.integers(1, 6), scale=st.floats(0.05, 2.0),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
+def test_compiled_series_check_matches_the_array_code(dim, degree, scale, dtype, seed) -> None:
+    """Every degree's error ratio from one compiled pass equals the array code's (float64 sums)."""
+    from gamfsolve.affinity._kernels import _numba
+    from gamfsolve.affinity._kernels._series import series_errors
+
+    if not _numba.available():
+        pytest.skip("numba is not installed")
+    xps = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(seed)
+    x, y = (_edges(rng, 25, 11, dim, scale).astype(dtype) for _ in range(2))
+    before = x.copy()
+    sigma = 2.0 * dim
+    compiled = series_errors(x, y, sigma, np, center=0.1, degree=degree)
+    array_code = series_errors(xps.asarray(x.astype(np.float64)), xps.asarray(y.astype(np.float64)), sigma, xps,
+                               center=0.1, degree=degree)
+    assert len(compiled) == degree
+    np.testing.assert_allclose(compiled, array_code, rtol=1e-6 if dtype == np.float64 else 2e-3, atol=1e-9)
+    assert series_error(x, y, sigma, np, center=0.1, degree=degree) == compiled[-1]
+    np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 20000), dim=st.sampled_from([1, 3, 9]), sigma=st.floats(0.01, 100.0),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
+def test_compiled_matched_sum_matches_numpy(rows, dim, sigma, dtype, seed) -> None:
+    from gamfsolve.affinity._kernels import _numba
+
+    if not _numba.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(seed)
+    x, y = (rng.standard_normal((rows, dim)).astype(dtype) for _ in range(2))
+    d = x.astype(np.float64) - y.astype(np.float64)
+    want = float(np.sum(np.exp(-np.sum(d * d, axis=1) / sigma)))
+    assert _numba.matched_sum(x, y, sigma) == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12, abs=1e-300)

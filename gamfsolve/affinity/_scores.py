@@ -34,7 +34,7 @@ from ..spec._spec import PermutationSpec, groups_beside
 from ._affinity import group_affinity, map_columns, standardize
 from ._features import Feature, unit_features
 from ._kernels import edge_features
-from ._kernels._series import max_degree, series_error, series_features
+from ._kernels._series import max_degree, series_errors, series_features
 
 __all__ = ["FeatureCache", "GroupScores", "array_nbytes", "value_ranges"]
 
@@ -171,11 +171,13 @@ class FeatureCache:
         ``feat`` of ``group``, measured once per solve on models ``k`` and ``j`` in their own unit
         orders (the statistics of the weights set it, not the current plans)."""
         key = (group, feat.name, feat.axis, degree)
-        if key not in self.series_ratios:
+        if key not in self.series_ratios:  # every degree offered at once: one pass over the sample
             x, y = (next(f.x for f in unit_features(self.models[i], self.spec, group, self.sizes, {}, self.xp,
                                                     only={feat.name}) if f.axis == feat.axis) for i in (k, j))
-            self.series_ratios[key] = series_error(x, y, self.sigmas[feat.name], self.xp,
-                                                   center=self.ranges[feat.name][0], degree=degree)
+            top = max(degree, max_degree(int(x.shape[2])))
+            ratios = series_errors(x, y, self.sigmas[feat.name], self.xp, center=self.ranges[feat.name][0], degree=top)
+            for t, ratio in enumerate(ratios, start=1):
+                self.series_ratios[group, feat.name, feat.axis, t] = ratio
         return self.series_ratios[key]
 
     def _drop_series(self, stamp: int) -> None:

@@ -352,8 +352,8 @@ def _anneal(
                 tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
                 discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
             continue
-        value = matched_affinity(models, spec, [_perms_of(prob, maps, k) for k in range(len(models))], sigmas, xp,
-                                 prob.edge_weights)
+        # groups without a map (the anchor's) are not moved: no identity copies
+        value = matched_affinity(models, spec, maps, sigmas, xp, prob.edge_weights)
         trace.append(value)
         bar.update(it, "hungarian", value)
         if best is None or value > best[0]:

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_outer", "available", "cheb_features", "edge_affinity_numba", "series_numba", "sinkhorn_numba"]
+__all__ = ["add_outer", "available", "cheb_features", "edge_affinity_numba", "matched_sum", "series_check_numba",
+           "series_numba", "sinkhorn_numba"]
 
 
 # LLVM may fuse ``a * b + c`` into one FMA instruction (nothing else of fast-math: no
@@ -239,6 +240,62 @@ def _compiled() -> Any:
 
     edges_parallel, edges_serial = make_edges(True), make_edges(False)
 
+    @jit(True, fastmath=CONTRACT)
+    def matched(x, y, inv_sigma, partial):  # pragma: no cover - compiled
+        # x, y (R, D) contiguous: partial[c] = sum over chunk c's rows r of exp(-||x[r] - y[r]||^2
+        # inv_sigma), squared distances in the input dtype, exp by the float64 polynomial of
+        # ``edges`` (vectorised over a block of rows), sums in float64.
+        n_rows, dim = x.shape
+        chunks = partial.shape[0]
+        step = (n_rows + chunks - 1) // chunks
+        blk = 512
+        for c in numba.prange(chunks):
+            d2 = np.empty(blk, dtype=np.float64)
+            total = 0.0
+            lo, hi = c * step, min(n_rows, (c + 1) * step)
+            for r0 in range(lo, hi, blk):
+                width = min(blk, hi - r0)
+                for i in range(width):
+                    s = 0.0
+                    for d in range(dim):
+                        t = x[r0 + i, d] - y[r0 + i, d]
+                        s += t * t
+                    d2[i] = max(-s * inv_sigma, -700.0)
+                for i in range(width):
+                    p, kk = exp_reduced(d2[i])
+                    total += p * 2.0 ** kk
+            partial[c] = total
+
+    @jit(True, fastmath=CONTRACT)
+    def series_check(v, w, inv_sigma, exact, approx):  # pragma: no cover - compiled
+        # v, w (S, E, D) centred edges of S unit pairs: exact[s] = sum_e exp(-||v - w||^2 inv), and
+        # approx[s, t - 1] = sum_e exp(-(||v||^2 + ||w||^2) inv) sum_{i <= t} (2 v.w inv)^i / i!
+        # for every degree t = 1..T at once; float64 throughout.
+        n_s, n_edges, dim = v.shape
+        degree = approx.shape[1]
+        for s in numba.prange(n_s):
+            acc = np.zeros(degree, dtype=np.float64)
+            ex = 0.0
+            for e in range(n_edges):
+                vv = ww = vw = dd = 0.0
+                for d in range(dim):
+                    a, b = np.float64(v[s, e, d]), np.float64(w[s, e, d])
+                    vv += a * a
+                    ww += b * b
+                    vw += a * b
+                    dd += (a - b) * (a - b)
+                ex += math.exp(-dd * inv_sigma)
+                base = math.exp(-(vv + ww) * inv_sigma)
+                z = 2.0 * vw * inv_sigma
+                poly = term = 1.0
+                for t in range(degree):
+                    term = term * z / (t + 1)
+                    poly += term
+                    acc[t] += base * poly
+            exact[s] = ex
+            for t in range(degree):
+                approx[s, t] = acc[t]
+
     def make_cheb(parallel: bool) -> Any:
         @jit(parallel, fastmath=True)
         def cheb_features(v, centre, inv_scale, w, acoef, out, anchor):  # pragma: no cover - compiled
@@ -360,6 +417,8 @@ def _compiled() -> Any:
         "outer": add_outer,
         ("series", True): make_series(True),
         ("series", False): make_series(False),
+        "matched": matched,
+        "series_check": series_check,
     }
 
 
@@ -501,3 +560,30 @@ def sinkhorn_numba(
     announce_compile(kernels["sinkhorn"], "Sinkhorn")
     it = kernels["sinkhorn"](s, v, s.dtype.type(tol), max_iter, check_every, p)
     return p, v.reshape(1, -1), int(it)
+
+
+def matched_sum(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
+    """``sum_r exp(-||x[r] - y[r]||^2 / sigma)`` over the rows of ``x``, ``y`` ``(R, D)`` (float32/float64),
+    in one compiled pass, summed in float64: the exact objective's term of one parameter."""
+    kernels = _compiled()
+    if kernels is None:
+        raise ImportError("matched_sum needs Numba: pip install numba")
+    work = np.dtype(np.float32) if x.dtype == np.float32 and y.dtype == np.float32 else np.dtype(np.float64)
+    x, y = np.ascontiguousarray(x, dtype=work), np.ascontiguousarray(y, dtype=work)
+    partial = np.zeros(max(1, min(64, x.shape[0] // 4096)), dtype=np.float64)
+    announce_compile(kernels["matched"], "matched-affinity")
+    kernels["matched"](x, y, 1.0 / sigma, partial)
+    return float(partial.sum())
+
+
+def series_check_numba(v: np.ndarray, w: np.ndarray, sigma: float, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of :func:`._series.series_errors` for centred edges ``v``, ``w`` ``(S, E, D)``, compiled:
+    ``exact`` ``(S,)`` and ``approx`` ``(S, degree)``, the series of every degree up to ``degree``."""
+    kernels = _compiled()
+    if kernels is None:
+        raise ImportError("series_check_numba needs Numba: pip install numba")
+    exact = np.empty(v.shape[0], dtype=np.float64)
+    approx = np.empty((v.shape[0], degree), dtype=np.float64)
+    announce_compile(kernels["series_check"], "series-check")
+    kernels["series_check"](np.ascontiguousarray(v), np.ascontiguousarray(w), 1.0 / sigma, exact, approx)
+    return exact, approx
