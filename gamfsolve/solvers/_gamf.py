@@ -78,12 +78,19 @@ class _Problem:
                       for g in spec.groups}
         ranges = value_ranges(models, list(sigmas), checked.xp)
         weight_bytes = sum(array_nbytes(x) for m in models for x in m.values())
+        # the Hungarian stage's score store (two models): every group's mover features (each
+        # weight is read by the groups on both its axes: twice the mover's weights, the models'
+        # weights in all) and its raw scores in two parts; ResNet-50 needed 249 MiB, 22 MiB above
+        # weights + 32 MiB, and rescored its two widest 3 x 3 groups from scratch in every sweep
+        first = next(iter(models[0].values()))
+        score_bytes = sum(2 * n * n for n in self.sizes.values()) * getattr(first.dtype, "itemsize", 8)
         # Feature cache: static features, the anchor's, and unmoved neighbours in the discrete
         # stage; bounded so that peak memory stays a small multiple of the models' own.
         self.cache = FeatureCache(models, spec, self.sizes, sigmas=sigmas, ranges=ranges, kind=kind,
                                   kernel=_map_kernel(kernel, models, len(self.pool), wide, self.series), xp=self.xp,
                                   budget=weight_bytes // 4 + (16 << 20), own=self.own,
-                                  series_budget=weight_bytes + (32 << 20), bases_budget=weight_bytes + (32 << 20))
+                                  series_budget=weight_bytes + (32 << 20),
+                                  bases_budget=weight_bytes + score_bytes + (32 << 20))
 
     def group_scores(self, group: str, maps: list[Maps], tau: float | None = None, discrete: bool = False) -> GroupScores:
         """Scores of ``group`` for every model (Alg. 1 line 5; Alg. 2 line 6); ``tau``: the Sinkhorn

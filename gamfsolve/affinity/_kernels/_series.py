@@ -61,19 +61,21 @@ def max_degree(dim: int) -> int:
 
 
 def series_features(x: Array, sigma: float, xp: Any, *, center: float = 0.0, degree: int = 1) -> Array:
-    """Feature map ``(n, E r)`` of the degree-``degree`` series; ``x`` ``(n, E, D)``, ``center`` a scalar.
+    """Feature map ``(n, r E)`` of the degree-``degree`` series; ``x`` ``(n, E, D)``, ``center`` a scalar.
 
     ``series_features(x) @ series_features(y).T`` approximates ``edge_affinity(x, y, sigma)``
     when both are built with the same ``sigma``, ``center`` and ``degree``; ``r`` is
-    :func:`series_rank`. Scalar edges take any degree up to :data:`MAX_DEGREE_SCALAR`, vector
-    edges 1 or 2. NumPy float input with Numba: one compiled pass (:func:`._numba.series_numba`),
-    except degree 2 of vector edges.
+    :func:`series_rank`. Columns are term-major (``phi[a, t E + e]``: term ``t`` of edge ``e``),
+    so an ``x`` laid out ``(n, D, E)`` in memory (a soft plan's product) is read contiguously.
+    Scalar edges take any degree up to :data:`MAX_DEGREE_SCALAR`, vector edges 1 or 2. NumPy
+    float input with Numba: one compiled pass (:func:`._numba.series_numba`), except degree 2 of
+    vector edges.
     """
     n, n_edges, dim = x.shape
     if isinstance(x, np.ndarray) and x.dtype in _COMPILED and (dim == 1 or degree == 1) and _numba.available():
         return _numba.series_numba(x, sigma, center, degree)  # one pass instead of ~2 r + 6
-    v = x - center if center else x
-    q = xp.exp(-xp.sum(v * v, axis=2, keepdims=True) / sigma)  # (n, E, 1)
+    v = xp.permute_dims(x - center if center else x, (0, 2, 1))  # (n, D, E)
+    q = xp.exp(-xp.sum(v * v, axis=1, keepdims=True) / sigma)  # (n, 1, E)
     if dim == 1:  # q (sqrt(2 / s) v)^t / sqrt(t!), t = 0..degree
         z = math.sqrt(2.0 / sigma) * v
         parts, term = [q], q
@@ -85,12 +87,12 @@ def series_features(x: Array, sigma: float, xp: Any, *, center: float = 0.0, deg
         if degree >= 2:
             c2 = (2.0 / sigma) / math.sqrt(2.0)
             for d in range(dim):
-                scale = c2 * q[..., 0]
-                parts.append(xp.reshape(scale * v[..., d] * v[..., d], (n, n_edges, 1)))
+                scale = c2 * q
+                parts.append(scale * v[:, d : d + 1, :] * v[:, d : d + 1, :])
                 if d + 1 < dim:
-                    parts.append(scale[..., None] * math.sqrt(2.0) * v[..., d : d + 1] * v[..., d + 1 :])
-    phi = xp.concat(parts, axis=2)
-    return xp.reshape(phi, (n, n_edges * phi.shape[2]))
+                    parts.append(scale * math.sqrt(2.0) * v[:, d : d + 1, :] * v[:, d + 1 :, :])
+    phi = xp.concat(parts, axis=1)  # (n, r, E)
+    return xp.reshape(phi, (n, phi.shape[1] * n_edges))
 
 
 def series_error(x: Array, y: Array, sigma: float, xp: Any, *, center: float = 0.0, degree: int = 1,
