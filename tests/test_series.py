@@ -60,10 +60,11 @@ def test_series_follows_the_input_namespace(to_backend) -> None:
     np.testing.assert_allclose(to_numpy(phi), series_features(x, 20.0, np, degree=2), rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(dim=st.sampled_from([1, 2, 9, 25]), degree=st.integers(1, 6), n=st.integers(1, 40), e=st.integers(1, 70),
-       center=st.floats(-0.5, 0.5), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
-def test_compiled_series_matches_the_array_code(dim, degree, n, e, center, dtype, seed) -> None:
+       center=st.floats(-0.5, 0.5), dtype=st.sampled_from([np.float32, np.float64]), pooled=st.booleans(),
+       seed=st.integers(0, 99))
+def test_compiled_series_matches_the_array_code(dim, degree, n, e, center, dtype, pooled, seed) -> None:
     from gamfsolve.affinity._kernels import _numba
 
     if not _numba.available():
@@ -71,10 +72,11 @@ def test_compiled_series_matches_the_array_code(dim, degree, n, e, center, dtype
     degree = 1 if dim > 1 else degree
     x = (0.7 * np.random.default_rng(seed).standard_normal((n, e, dim))).astype(dtype)
     before = x.copy()
-    compiled = _numba.series_numba(x, 3.0, center, degree)
+    compiled = _numba.series_numba(x, 3.0, center, degree, pooled)
     xps = pytest.importorskip("array_api_strict")
-    array_code = np.asarray(series_features(xps.asarray(x), 3.0, xps, center=center, degree=degree))
-    assert compiled.dtype == dtype and compiled.shape == (n, e * series_rank(dim, degree))
+    array_code = np.asarray(series_features(xps.asarray(x), 3.0, xps, center=center, degree=degree, pooled=pooled))
+    width = e * series_rank(dim, degree, pooled) + (1 if pooled else 0)
+    assert compiled.dtype == dtype and compiled.shape == (n, width)
     np.testing.assert_allclose(compiled, array_code, rtol=3e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
     np.testing.assert_array_equal(x, before)
 
@@ -161,9 +163,11 @@ def test_compiled_series_check_matches_the_array_code(dim, degree, scale, dtype,
     compiled = series_errors(x, y, sigma, np, center=0.1, degree=degree)
     array_code = series_errors(xps.asarray(x.astype(np.float64)), xps.asarray(y.astype(np.float64)), sigma, xps,
                                center=0.1, degree=degree)
-    assert len(compiled) == degree
-    np.testing.assert_allclose(compiled, array_code, rtol=1e-6 if dtype == np.float64 else 2e-3, atol=1e-9)
-    assert series_error(x, y, sigma, np, center=0.1, degree=degree) == compiled[-1]
+    assert len(compiled[0]) == len(compiled[1]) == degree
+    for got, want in zip(compiled, array_code, strict=True):  # plain, pooled
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float64 else 2e-3, atol=1e-9)
+    assert series_error(x, y, sigma, np, center=0.1, degree=degree) == compiled[0][-1]
+    assert series_error(x, y, sigma, np, center=0.1, degree=degree, pooled=True) == compiled[1][-1]
     np.testing.assert_array_equal(x, before)
 
 
@@ -180,3 +184,24 @@ def test_compiled_matched_sum_matches_numpy(rows, dim, sigma, dtype, seed) -> No
     d = x.astype(np.float64) - y.astype(np.float64)
     want = float(np.sum(np.exp(-np.sum(d * d, axis=1) / sigma)))
     assert _numba.matched_sum(x, y, sigma) == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("dim", [1, 9])
+def test_pooled_series_is_checked_like_the_plain_one(dim: int) -> None:
+    """A pooled map's product equals sum_e q(x) q(y) replaced by (sum q(x)) (sum q(y)) / E, and
+    the sampled check measures that map's own error: on a full matrix the two agree."""
+    rng = np.random.default_rng(dim)
+    x, y = _edges(rng, 30, 40, dim), _edges(rng, 30, 40, dim)
+    sigma = 30 * 2 * dim
+    exact = edge_affinity(x, y, sigma, kernel="reference")
+    plain = series_features(x, sigma, np, center=0.1) @ series_features(y, sigma, np, center=0.1).T
+    pooled = series_features(x, sigma, np, center=0.1, pooled=True) @ series_features(y, sigma, np, center=0.1, pooled=True).T
+    qx = np.exp(-np.sum((x - 0.1) ** 2, axis=2) / sigma)
+    qy = np.exp(-np.sum((y - 0.1) ** 2, axis=2) / sigma)
+    np.testing.assert_allclose(pooled, plain - qx @ qy.T + np.outer(qx.sum(1), qy.sum(1)) / 40, rtol=1e-10)
+    for out, pool in ((plain, False), (pooled, True)):
+        full = float(np.std(out - exact) / np.std(exact))
+        sampled = series_error(x, y, sigma, np, center=0.1, pooled=pool)
+        assert sampled == pytest.approx(full, rel=0.5)
+    assert float(np.std(pooled - exact)) > float(np.std(plain - exact))  # pooling costs accuracy ...
+    assert float(np.std(pooled - exact)) < 0.2 * float(np.std(exact))  # ... a little

@@ -93,11 +93,11 @@ class FeatureCache:
         # evaluations per sweep, so they must not be crowded out by the features they came from)
         self.pairs: dict[tuple[str, int, int, tuple[int, ...]], tuple[tuple[Any, ...], Array, int]] = {}
         self.pairs_used = 0
-        # series feature maps of cached features, by the cache stamp of the features and the degree
-        self.series_maps: dict[tuple[int, int], Array] = {}
+        # series feature maps of cached features, by the cache stamp of the features, the degree and pooling
+        self.series_maps: dict[tuple[int, int, bool], Array] = {}
         self.series_budget, self.series_used = series_budget, 0
-        # measured error of the series per (group, parameter, degree): see :meth:`series_ratio`
-        self.series_ratios: dict[tuple[str, str, int, int], float] = {}
+        # measured error of the series per (group, parameter, axis, degree, pooled): see :meth:`series_ratio`
+        self.series_ratios: dict[tuple[str, str, int, int, bool], float] = {}
         self.stamp = 0
         # the last raw scores of a group for a mover with the features they came from (discrete
         # stage, two models): see GroupScores._delta; their own byte budget
@@ -166,32 +166,33 @@ class FeatureCache:
             stamps += [stamp] * len(f)
         return feats, phis, stamps
 
-    def series_ratio(self, group: str, feat: Feature, k: int, j: int, degree: int) -> float:
+    def series_ratio(self, group: str, feat: Feature, k: int, j: int, degree: int, pooled: bool = False) -> float:
         """The series' error spread over the exact affinity's (:func:`series_error`) for feature
         ``feat`` of ``group``, measured once per solve on models ``k`` and ``j`` in their own unit
         orders (the statistics of the weights set it, not the current plans)."""
-        key = (group, feat.name, feat.axis, degree)
+        key = (group, feat.name, feat.axis, degree, pooled)
         if key not in self.series_ratios:  # every degree offered at once: one pass over the sample
             x, y = (next(f.x for f in unit_features(self.models[i], self.spec, group, self.sizes, {}, self.xp,
                                                     only={feat.name}) if f.axis == feat.axis) for i in (k, j))
             top = max(degree, max_degree(int(x.shape[2])))
-            ratios = series_errors(x, y, self.sigmas[feat.name], self.xp, center=self.ranges[feat.name][0], degree=top)
-            for t, ratio in enumerate(ratios, start=1):
-                self.series_ratios[group, feat.name, feat.axis, t] = ratio
+            both = series_errors(x, y, self.sigmas[feat.name], self.xp, center=self.ranges[feat.name][0], degree=top)
+            for pool, ratios in zip((False, True), both, strict=True):
+                for t, ratio in enumerate(ratios, start=1):
+                    self.series_ratios[group, feat.name, feat.axis, t, pool] = ratio
         return self.series_ratios[key]
 
     def _drop_series(self, stamp: int) -> None:
         for key in [key for key in self.series_maps if key[0] == stamp]:
             self.series_used -= array_nbytes(self.series_maps.pop(key))
 
-    def series(self, k: int, group: str, feat: Feature, stamp: int | None, degree: int) -> Array:
+    def series(self, k: int, group: str, feat: Feature, stamp: int | None, degree: int, pooled: bool = False) -> Array:
         """The degree-``degree`` series feature map of ``feat`` (see :mod:`._kernels._series`), zero
         on model ``k``'s empty slots; kept while its features are cached (``stamp``)."""
-        key = None if stamp is None else (stamp, degree)
+        key = None if stamp is None else (stamp, degree, pooled)
         if key is not None and key in self.series_maps:
             return self.series_maps[key]
         centre = self.ranges[feat.name][0]
-        phi = series_features(feat.x, self.sigmas[feat.name], self.xp, center=centre, degree=degree)
+        phi = series_features(feat.x, self.sigmas[feat.name], self.xp, center=centre, degree=degree, pooled=pooled)
         alive = self.alive(k, group)
         if alive is not None:
             phi = phi * alive[:, None]
@@ -266,6 +267,7 @@ class GroupScores:
             if all(p is not None for p in maps_f):
                 self.phi[f] = maps_f
         self.series_degree: dict[int, int] = {}
+        self.series_pooled: dict[int, bool] = {}
         if series and kind == "edge":
             self._add_series(SERIES_KAPPA * tau if tau is not None else SERIES_DISCRETE, list(movers) or self.pool)
         # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
@@ -295,19 +297,25 @@ class GroupScores:
             if f in self.phi or sigma is None:
                 continue
             dim = int(feat.x.shape[2])
-            for degree in range(1, max_degree(dim) + 1):
-                if self.cache.series_ratio(self.group, feat, k, j, degree) <= allowed:
+            # cheapest first: pooled degree T has T E + 1 columns (scalar edges), plain T (T + 1) E;
+            # pooled maps only while annealing (the Hungarian stage's score updates read the maps
+            # of a subset of edges, and its tolerances are below a pooled map's floor)
+            for degree, pooled in ((t, p) for t in range(1, max_degree(dim) + 1) for p in (True, False)):
+                if pooled and self.discrete:
+                    continue
+                if self.cache.series_ratio(self.group, feat, k, j, degree, pooled) <= allowed:
                     # built when first read (:meth:`_map`): a mover's scores may be updated without them
                     self.phi[f] = [None] * len(self.features)
                     self.series_degree[f] = degree
+                    self.series_pooled[f] = pooled
                     break
 
     def _map(self, f: int, i: int) -> Array:
         """Model ``i``'s feature map of feature ``f``; a series map is built on first use."""
         phi = self.phi[f]
         if phi[i] is None:
-            degree = self.series_degree[f]
-            phi[i] = self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree)
+            degree, pooled = self.series_degree[f], self.series_pooled[f]
+            phi[i] = self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree, pooled)
         return phi[i]
 
     def _template(self, f: int) -> Array:
@@ -360,7 +368,8 @@ class GroupScores:
     def _config(self, k: int, which: list[int]) -> tuple[Any, ...]:
         """How features ``which`` are scored: the exact kernel, a feature map, or the series of some degree."""
         return tuple((self.features[k][f].name, self.features[k][f].axis,
-                      self.series_degree.get(f, "map" if f in self.phi else "exact")) for f in which)
+                      self.series_degree.get(f, "map" if f in self.phi else "exact"), self.series_pooled.get(f, False))
+                     for f in which)
 
     def _delta_ready(self, k: int, maps: Sequence[Mapping[str, Array]]) -> tuple[Any, list[Array], Any, int] | None:
         """The stored ``(configs, features, raw parts, bytes)`` to update, when the partner has no
@@ -411,7 +420,7 @@ class GroupScores:
         built as the full feature's is."""
         feat = self.features[self.pool[0]][f]
         sigma = self.sigmas[feat.name]
-        if f in self.series_degree:
+        if f in self.series_degree:  # never pooled here (see _add_series)
             return series_features(x, sigma, self.xp, center=self.cache.ranges[feat.name][0], degree=self.series_degree[f])
         centre, bound = self.cache.ranges[feat.name]
         phi = edge_features(x, sigma, kernel=self.cache.kernel, bound=bound, center=centre)

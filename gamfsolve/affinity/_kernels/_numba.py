@@ -205,14 +205,14 @@ def _compiled() -> Any:
 
     def make_series(parallel: bool) -> Any:
         @jit(parallel, fastmath=CONTRACT)
-        def series(xt, center, inv_sigma, c, inv_sqrt, out):  # pragma: no cover - compiled
-            # xt (n, D, E) contiguous (the edges' numbers, edge index last), out (n, r, E):
-            # out[a, 0, e] = q = exp(-||x[a, e] - center||^2 inv_sigma); scalar edges (D = 1):
-            # out[a, t, e] = q (c v)^t inv_sqrt[t] for t = 1..r-1; vector edges: out[a, 1 + d, e]
-            # = q c v_d (degree 1). One pass over x, every loop over e (vectorised; exp by the
-            # float64 polynomial of ``edges``).
+        def series(xt, center, inv_sigma, c, inv_sqrt, degree, first, out):  # pragma: no cover - compiled
+            # xt (n, D, E) contiguous (the edges' numbers, edge index last), out (n, cols): term t
+            # of edge e at column (t - first) E + e, for t = first..r-1. Term 0 is q = exp(-||x[a,
+            # e] - center||^2 inv_sigma); scalar edges (D = 1): term t = q (c v)^t inv_sqrt[t] up to
+            # ``degree``; vector edges: term 1 + d = q c v_d (degree 1). first = 1 (pooled): the
+            # last column is sum_e q / sqrt(E) instead of term 0. One pass over x, every loop over
+            # e (vectorised; exp by the float64 polynomial of ``edges``).
             n, dim, n_edges = xt.shape
-            degree = out.shape[1] - 1
             for a in numba.prange(n):
                 q = np.zeros(n_edges, dtype=np.float64)
                 for d in range(dim):
@@ -220,18 +220,23 @@ def _compiled() -> Any:
                     for e in range(n_edges):
                         v = row[e] - center
                         q[e] += v * v
+                total = 0.0
                 for e in range(n_edges):
                     p, kk = exp_reduced(max(-q[e] * inv_sigma, -700.0))
                     q[e] = p * 2.0 ** kk
-                head = out[a, 0]
-                for e in range(n_edges):
-                    head[e] = q[e]
+                    total += q[e]
+                if first == 0:
+                    head = out[a, 0:n_edges]
+                    for e in range(n_edges):
+                        head[e] = q[e]
+                else:
+                    out[a, out.shape[1] - 1] = total / math.sqrt(n_edges)
                 if dim == 1:
                     row = xt[a, 0]
                     for e in range(n_edges):
                         q[e] = q[e] * c * (row[e] - center)  # q (c v), float64
                     for t in range(1, degree + 1):
-                        cur = out[a, t]
+                        cur = out[a, (t - first) * n_edges : (t - first + 1) * n_edges]
                         for e in range(n_edges):
                             cur[e] = q[e] * inv_sqrt[t]
                         if t < degree:
@@ -239,7 +244,7 @@ def _compiled() -> Any:
                                 q[e] = q[e] * c * (row[e] - center) * inv_sqrt[t]
                 else:
                     for d in range(dim):
-                        row, cur = xt[a, d], out[a, 1 + d]
+                        row, cur = xt[a, d], out[a, (1 + d - first) * n_edges : (2 + d - first) * n_edges]
                         for e in range(n_edges):
                             cur[e] = q[e] * c * (row[e] - center)
 
@@ -274,15 +279,16 @@ def _compiled() -> Any:
             partial[c] = total
 
     @jit(True, fastmath=CONTRACT)
-    def series_check(v, w, inv_sigma, exact, approx):  # pragma: no cover - compiled
+    def series_check(v, w, inv_sigma, exact, approx, sums):  # pragma: no cover - compiled
         # v, w (S, E, D) centred edges of S unit pairs: exact[s] = sum_e exp(-||v - w||^2 inv), and
         # approx[s, t - 1] = sum_e exp(-(||v||^2 + ||w||^2) inv) sum_{i <= t} (2 v.w inv)^i / i!
-        # for every degree t = 1..T at once; float64 throughout.
+        # for every degree t = 1..T at once; sums[s] = (sum_e q(v) q(w), sum_e q(v), sum_e q(w))
+        # with q(v) = exp(-||v||^2 inv), for the pooled maps; float64 throughout.
         n_s, n_edges, dim = v.shape
         degree = approx.shape[1]
         for s in numba.prange(n_s):
             acc = np.zeros(degree, dtype=np.float64)
-            ex = 0.0
+            ex = qq = qv = qw = 0.0
             for e in range(n_edges):
                 vv = ww = vw = dd = 0.0
                 for d in range(dim):
@@ -292,7 +298,11 @@ def _compiled() -> Any:
                     vw += a * b
                     dd += (a - b) * (a - b)
                 ex += math.exp(-dd * inv_sigma)
-                base = math.exp(-(vv + ww) * inv_sigma)
+                q_v, q_w = math.exp(-vv * inv_sigma), math.exp(-ww * inv_sigma)
+                base = q_v * q_w
+                qq += base
+                qv += q_v
+                qw += q_w
                 z = 2.0 * vw * inv_sigma
                 poly = term = 1.0
                 for t in range(degree):
@@ -300,6 +310,7 @@ def _compiled() -> Any:
                     poly += term
                     acc[t] += base * poly
             exact[s] = ex
+            sums[s, 0], sums[s, 1], sums[s, 2] = qq, qv, qw
             for t in range(degree):
                 approx[s, t] = acc[t]
 
@@ -484,25 +495,26 @@ def edge_affinity_numba(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarra
     return out
 
 
-def series_numba(x: np.ndarray, sigma: float, center: float, degree: int) -> np.ndarray:
+def series_numba(x: np.ndarray, sigma: float, center: float, degree: int, pooled: bool = False) -> np.ndarray:
     """The series feature map of :func:`._series.series_features` in one compiled pass, ``(n, r E)``
-    for ``x`` ``(n, E, D)`` float32/float64: degree 1 for vector edges, up to any degree for scalar
-    ones. Read as ``(n, D, E)``: no copy where ``x`` is laid out so (features mapped by a soft
-    plan are). Measured 11x the array code on 512 x 512 x 9 float32 (two cores), 1.2-2x on scalar edges."""
+    (pooled: ``(n, r E + 1)``) for ``x`` ``(n, E, D)`` float32/float64: degree 1 for vector edges, up
+    to any degree for scalar ones. Read as ``(n, D, E)``: no copy where ``x`` is laid out so
+    (features mapped by a soft plan are). Measured 11x the array code on 512 x 512 x 9 float32
+    (two cores), 1.2-2x on scalar edges."""
     kernels = _compiled()
     if kernels is None:
         raise ImportError("series_numba needs Numba: pip install numba")
     n, n_edges, dim = x.shape
     if dim > 1 and degree != 1:
         raise ValueError(f"vector edges take degree 1 here, got {degree}")
-    r = 1 + (degree if dim == 1 else dim)
-    out = np.empty((n, r, n_edges), dtype=x.dtype)
-    inv_sqrt = np.array([1.0] + [1.0 / math.sqrt(t) for t in range(1, r)])
+    r = 1 + (degree if dim == 1 else dim) - (1 if pooled else 0)
+    out = np.empty((n, r * n_edges + (1 if pooled else 0)), dtype=x.dtype)
+    inv_sqrt = np.array([1.0] + [1.0 / math.sqrt(t) for t in range(1, 2 + degree)])
     kernel = kernels["series", n * n_edges * r >= SERIAL_WORK]
     announce_compile(kernel, "series-feature")
     xt = np.ascontiguousarray(np.transpose(x, (0, 2, 1)))
-    kernel(xt, float(center), 1.0 / sigma, math.sqrt(2.0 / sigma), inv_sqrt, out)
-    return out.reshape(n, r * n_edges)
+    kernel(xt, float(center), 1.0 / sigma, math.sqrt(2.0 / sigma), inv_sqrt, degree, 1 if pooled else 0, out)
+    return out
 
 
 def cheb_features(
@@ -585,14 +597,16 @@ def matched_sum(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
     return float(partial.sum())
 
 
-def series_check_numba(v: np.ndarray, w: np.ndarray, sigma: float, degree: int) -> tuple[np.ndarray, np.ndarray]:
+def series_check_numba(v: np.ndarray, w: np.ndarray, sigma: float, degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sums of :func:`._series.series_errors` for centred edges ``v``, ``w`` ``(S, E, D)``, compiled:
-    ``exact`` ``(S,)`` and ``approx`` ``(S, degree)``, the series of every degree up to ``degree``."""
+    ``exact`` ``(S,)``, ``approx`` ``(S, degree)`` (the series of every degree up to ``degree``) and
+    ``sums`` ``(S, 3)``: ``sum_e q(v) q(w)``, ``sum_e q(v)``, ``sum_e q(w)``."""
     kernels = _compiled()
     if kernels is None:
         raise ImportError("series_check_numba needs Numba: pip install numba")
     exact = np.empty(v.shape[0], dtype=np.float64)
     approx = np.empty((v.shape[0], degree), dtype=np.float64)
+    sums = np.empty((v.shape[0], 3), dtype=np.float64)
     announce_compile(kernels["series_check"], "series-check")
-    kernels["series_check"](np.ascontiguousarray(v), np.ascontiguousarray(w), 1.0 / sigma, exact, approx)
-    return exact, approx
+    kernels["series_check"](np.ascontiguousarray(v), np.ascontiguousarray(w), 1.0 / sigma, exact, approx, sums)
+    return exact, approx, sums
