@@ -273,7 +273,9 @@ class GroupScores:
         # terms[f][j] = Phi_j^T M_j (unweighted) for every pool model: the template is their
         # weighted sum, the self-term of a mover is its own term (its map has not moved since),
         # and after a move only the new term is computed.
-        self.terms = {f: {j: map_columns(self._map(f, j).T, maps[j].get(group), xp) for j in self.pool} for f in self.phi}
+        # Built when first read (:meth:`_term`): scores updated from stored ones need none.
+        self._start = [mp.get(group) for mp in maps]  # the group's maps now (maps are replaced, not changed)
+        self.terms: dict[int, dict[int, Array]] = {f: {} for f in self.phi}
         # one pool model (two-model solves): no template copy; its weight scales the (n, n) product
         self.templates = {} if len(self.pool) == 1 else {f: self._template(f) for f in self.phi}
 
@@ -318,10 +320,17 @@ class GroupScores:
             phi[i] = self.cache.series(i, self.group, self.features[i][f], self.stamps[i][f], degree, pooled)
         return phi[i]
 
+    def _term(self, f: int, j: int) -> Array:
+        """``Phi_j^T M_j`` of feature ``f`` for pool model ``j`` under its map at construction, or as updated by :meth:`moved`."""
+        term = self.terms[f].get(j)
+        if term is None:
+            term = self.terms[f][j] = map_columns(self._map(f, j).T, self._start[j], self.xp)
+        return term
+
     def _template(self, f: int) -> Array:
         total = None
         for j in self.pool:
-            term = self.weights[j] * self.terms[f][j]
+            term = self.weights[j] * self._term(f, j)
             total = term if total is None else total + term
         return total
 
@@ -439,11 +448,11 @@ class GroupScores:
                 (j,) = self.pool
                 if j == k:
                     continue
-                term = self.weights[j] * (self._map(f, k) @ self.terms[f][j])
+                term = self.weights[j] * (self._map(f, k) @ self._term(f, j))
             else:
                 t = self.templates[f]
                 if k in self.pool:
-                    t = t - self.weights[k] * self.terms[f][k]
+                    t = t - self.weights[k] * self._term(f, k)
                 term = self._map(f, k) @ t
             w = 1.0 if self.edge_weights is None else self.edge_weights.get(self.features[k][f].name, 1.0)
             if w != 1.0:
@@ -517,5 +526,5 @@ class GroupScores:
         for f in self.phi:
             after = map_columns(self._map(f, k).T, new, self.xp)
             if self.templates:
-                self.templates[f] = self.templates[f] + self.weights[k] * (after - self.terms[f][k])
+                self.templates[f] = self.templates[f] + self.weights[k] * (after - self._term(f, k))
             self.terms[f][k] = after
