@@ -300,3 +300,26 @@ def test_kernel_width_default_depends_on_whether_widths_differ():
     assert same.info["sigma_scale"] == 30.0 and wide.info["sigma_scale"] == 1.0 and chosen.info["sigma_scale"] == 2.0
     for name, s in same.info["sigmas"].items():
         assert s == pytest.approx(15.0 * chosen.info["sigmas"][name])
+
+
+def test_objective_memo_resums_only_parameters_whose_maps_changed(monkeypatch):
+    from gamfsolve.affinity import _objective
+    from gamfsolve.affinity._affinity import param_sigmas
+
+    rng = np.random.default_rng(5)
+    a, b = mlp([6, 9, 8, 3], rng)[0], mlp([6, 9, 8, 3], rng)[0]
+    spec = g.mlp_spec(3)
+    sigmas = param_sigmas([a, b], spec, np)
+    calls = []
+    real = _objective._param_sum
+    monkeypatch.setattr(_objective, "_param_sum", lambda *args: calls.append(args[3]) or real(*args))
+    memo: dict = {}
+    first = {"h0": rng.permutation(9), "h1": rng.permutation(8)}
+    value = _objective.matched_affinity([a, b], spec, [{}, first], sigmas, np, memo=memo)
+    assert len(calls) == len(sigmas)
+    calls.clear()
+    assert _objective.matched_affinity([a, b], spec, [{}, first], sigmas, np, memo=memo) == value and not calls
+    moved = {**first, "h1": rng.permutation(8)}  # a new vector for h1 only
+    got = _objective.matched_affinity([a, b], spec, [{}, moved], sigmas, np, memo=memo)
+    assert sorted(calls) == sorted(n for n in sigmas if "1" in n or "2" in n)  # layers 1 and 2 read h1
+    assert got == pytest.approx(_objective.matched_affinity([a, b], spec, [{}, moved], sigmas, np), rel=1e-12)

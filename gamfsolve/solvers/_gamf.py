@@ -313,6 +313,7 @@ def _anneal(
     # (the same objects, the same kernel) would get the same scores and the same answer: skipped
     assigned: dict[str, tuple[Any, ...]] = {}
     series_of: dict[str, bool] = {}
+    objective_memo: dict[str, Any] = {}  # per-parameter sums of the objective, kept while their maps are
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
         used_series = False  # a series stood in for the exact kernel somewhere in this sweep
@@ -360,7 +361,7 @@ def _anneal(
                 discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
             continue
         # groups without a map (the anchor's) are not moved: no identity copies
-        value = matched_affinity(models, spec, maps, sigmas, xp, prob.edge_weights)
+        value = matched_affinity(models, spec, maps, sigmas, xp, prob.edge_weights, memo=objective_memo)
         trace.append(value)
         bar.update(it, "hungarian", value)
         if best is None or value > best[0]:
