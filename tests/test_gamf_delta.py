@@ -76,6 +76,48 @@ def test_updates_happen_and_agree_with_the_plain_solve(series: bool) -> None:
     assert updated.objective[-1] == pytest.approx(plain.objective[-1], rel=1e-6)
 
 
+def test_scores_of_another_series_degree_are_regraded_not_rescored() -> None:
+    """The Hungarian stage's last part raises scalar edges' series degrees: the stored scores gain
+    the products of the new terms alone, and then equal scores computed afresh."""
+    rng = np.random.default_rng(5)
+    models = [mlp([8, 96, 80, 3], rng)[0] for _ in range(2)]
+    spec = mlp([8, 96, 80, 3], rng)[1]
+    regraded = []
+    regrade = _scores.GroupScores._regrade
+
+    def checked(self, k, old, raw, before, which):
+        out = regrade(self, k, old, raw, before, which)
+        if out is not None:
+            # on the stored features, at the degrees of now
+            fresh = _scores.GroupScores._raw(_Rescored(self, old), k, [{} for _ in self.features], which)
+            np.testing.assert_allclose(out, fresh, rtol=2e-5, atol=2e-5 * float(np.abs(fresh).max()))
+            regraded.append([b[2] for b in before if b not in self._config(k, which)])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_scores.GroupScores, "_regrade", checked)
+        g.match(models, spec, method="gamf", seed=0, hungarian_tol=0.0)
+    assert regraded and all(regraded)
+
+
+class _Rescored:
+    """A view of a GroupScores whose mover has the stored features ``old`` (for a fresh score)."""
+
+    def __init__(self, scores: _scores.GroupScores, old: list) -> None:
+        self.__dict__.update(scores.__dict__)
+        k = 1
+        self.features = [list(f) for f in scores.features]
+        self.features[k] = [f._replace(x=x) for f, x in zip(scores.features[k], old, strict=True)]
+        self.phi = {f: list(p) for f, p in scores.phi.items()}
+        for f in self.series_degree:
+            self.phi[f][k] = None  # rebuilt from the stored features
+        self.stamps = [list(st) for st in scores.stamps]
+        self.stamps[k] = [None] * len(old)
+
+    def __getattr__(self, name: str):
+        return getattr(_scores.GroupScores, name).__get__(self)
+
+
 def test_no_updates_for_the_node_affinity_or_the_universe() -> None:
     models, spec = _pair("mlp", 0, 0.5)
     calls = []

@@ -358,8 +358,12 @@ class GroupScores:
         raws: dict[str, Array | None] = {}
         for name, which in parts.items():
             raw = None
-            if ready is not None and ready[0].get(name) == self._config(k, which) and ready[2].get(name) is not None:
-                raw = self._delta(k, ready[1], ready[2][name], which)
+            if ready is not None and ready[2].get(name) is not None:
+                stored = ready[2][name]
+                if ready[0].get(name) != self._config(k, which):  # scored another way: other series degrees
+                    stored = self._regrade(k, ready[1], stored, ready[0].get(name), which)
+                if stored is not None:
+                    raw = self._delta(k, ready[1], stored, which)
             raws[name] = raw if raw is not None else self._raw(k, maps, which)
         if self._deltas_apply(k):
             self.cache.store_base(k, self.group, {name: self._config(k, which) for name, which in parts.items()},
@@ -386,6 +390,38 @@ class GroupScores:
         if not self._deltas_apply(k) or any(m is not None for m in maps[self.pool[0]].values()):
             return None
         return self.cache.base(k, self.group)
+
+    def _regrade(self, k: int, old: list[Array], raw: Array, before: tuple[Any, ...] | None,
+                 which: list[int]) -> Array | None:
+        """Raw scores ``raw`` (of features ``old``, scored as ``before`` says) at the series degrees
+        of now, or None where the two differ by more than the degrees of scalar edges' plain series.
+
+        The series is a sum over its terms and the maps are term-major, so a degree raised from
+        ``a`` to ``b`` adds the product of terms ``a + 1..b`` alone (lowered: subtracts it): the
+        Hungarian stage's last part, where scalar edges go from degree 2 to 4 or so, costs
+        ``b - a`` columns per edge instead of ``b + 1``."""
+        now = self._config(k, which)
+        if before is None or len(before) != len(now):
+            return None
+        xp, j = self.xp, self.pool[0]
+        total = raw
+        for f, was, is_ in zip(which, before, now, strict=True):
+            if was == is_:
+                continue
+            if (was[:2] != is_[:2] or was[3] or is_[3] or not isinstance(was[2], int) or not isinstance(is_[2], int)
+                    or int(old[f].shape[2]) != 1):
+                return None
+            feat = self.features[k][f]
+            lo, hi = sorted((was[2], is_[2]))
+            cols = slice((lo + 1) * int(old[f].shape[1]), (hi + 1) * int(old[f].shape[1]))  # terms lo + 1..hi
+            centre, sigma = self.cache.ranges[feat.name][0], self.sigmas[feat.name]
+            own = series_features(old[f], sigma, xp, center=centre, degree=hi)[:, cols]
+            other = (self._map(f, j) if hi == is_[2] else
+                     series_features(self.features[j][f].x, sigma, xp, center=centre, degree=hi))[:, cols]
+            w = self.weights[j] * (1.0 if self.edge_weights is None else self.edge_weights.get(feat.name, 1.0))
+            step = (own @ other.T) * w
+            total = total + step if is_[2] > was[2] else total - step
+        return total
 
     def _delta(self, k: int, old: list[Array], raw: Array, which: list[int]) -> Array | None:
         """Raw scores updated from ``raw`` (computed on features ``old``) over only the edges whose
