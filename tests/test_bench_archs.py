@@ -31,3 +31,22 @@ def test_alexnet_is_derived_and_a_permuted_copy_is_given_back() -> None:
 def test_an_unknown_architecture_is_named() -> None:
     with pytest.raises(ValueError, match="alexnet"):
         _real.build("lenet-1998", 0)
+
+
+def test_the_feed_forward_case_permutes_only_the_vit_mlp_groups() -> None:
+    pytest.importorskip("transformers")
+    a, x = _real.build("vit_s16_ffn", 0, quick=True)
+    full = gt.spec_from_module(a, x)
+    spec = _real.only_groups(full, lambda g: g.endswith(".mlp.fc1"))
+    assert spec.groups and all(g.endswith(".mlp.fc1") for g in spec.groups)
+    assert len(spec.groups) < len(full.groups)
+    assert all(name.split(".mlp.")[0] != name for name in spec.axes)  # the MLP weights and biases only
+    first = _real._arrays(a, spec.axes)
+    rng = np.random.default_rng(1)
+    sizes = spec.group_sizes({k: v.shape for k, v in first.items()})
+    planted = {g: rng.permutation(n) for g, n in sizes.items()}
+    result = gs.match([gs.permute(first, spec, planted), first], spec, method="gamf", seed=0)
+    for g in spec.groups:
+        np.testing.assert_array_equal(np.asarray(result.perms[g][1]), planted[g])
+    with pytest.raises(ValueError, match="mixes kept and dropped"):  # a Split axis of two groups
+        _real.only_groups(full, lambda g: g.endswith(".heads"))
