@@ -68,14 +68,16 @@ def choice(module: str, attr: str) -> Check:
     return check
 
 
-def boolean(*, optional: bool = False) -> Check:
-    """``True`` or ``False`` (NumPy's bool too); None if ``optional``. Text such as "no" is refused."""
+def boolean(*, optional: bool = False, also: tuple[str, ...] = ()) -> Check:
+    """``True`` or ``False`` (NumPy's bool too); None if ``optional``; the strings in ``also``.
+    Other text such as "no" is refused."""
 
     def check(name: str, value: Any) -> None:
-        if value is None and optional:
+        if (value is None and optional) or (isinstance(value, str) and value in also):
             return
         if not isinstance(value, bool) and type(value).__name__ != "bool_":
-            raise OptionError(f"option {name} must be True or False{' or None' if optional else ''}, got {value!r}")
+            extra = "".join(f" or {v!r}" for v in also)
+            raise OptionError(f"option {name} must be True or False{' or None' if optional else ''}{extra}, got {value!r}")
 
     return check
 
@@ -100,7 +102,7 @@ RULES: dict[str, dict[str, Check]] = {
         "max_sweeps": integer(1, optional=True), "hungarian_tol": real(lo_open=False),
         "tol": real(lo_open=False), "sinkhorn_tol": real(), "sinkhorn_max_iter": integer(1),
         "max_iter": integer(1), "init": choice("solvers._gamf", "INITS"), "universe": boolean(optional=True),
-        "balance": choice("affinity._affinity", "BALANCES"), "series": boolean(),
+        "balance": choice("affinity._affinity", "BALANCES"), "series": boolean(also=("plain",)),
     },
     "weight_matching": {"max_iter": integer(1)},
     "ot": {},

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nets import conv_chain, mlp, random_perms, residual
 
@@ -168,3 +169,26 @@ def test_scaling_sinkhorn_absorbs_large_scalings_and_falls_back_when_they_overfl
     monkeypatch.undo()
     p, _, _ = assign.sinkhorn(s, 1.0, xp, tol=1e-4, max_iter=100)
     np.testing.assert_allclose(p, 1 / 40, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 40), extra=st.integers(0, 5), scale=st.floats(0.0, 1e3), seed=st.integers(0, 2**16))
+def test_hungarian_ignores_row_and_column_offsets(n: int, extra: int, scale: float, seed: int) -> None:
+    """The assignment is an optimum of the scores as given: offsets per row and per column (which
+    the solver removes before SciPy's search) change neither the total's optimum nor, on a
+    narrower model's rectangular block, which columns are used."""
+    from scipy.optimize import linear_sum_assignment
+
+    from gamfsolve.solvers._assign import hungarian
+
+    rng = np.random.default_rng(seed)
+    m = n + extra
+    s = rng.standard_normal((m, m))
+    shifted = s + scale * rng.random((m, 1)) + scale * rng.random((1, m))
+    live = None if extra == 0 else [(n, m)]  # n real rows of m
+    (p,) = hungarian([shifted], np, live=live)
+    rows, cols = linear_sum_assignment(shifted[:n, :], maximize=True)
+    best = shifted[rows, cols].sum()
+    got = sum(shifted[p[u], u] for u in range(m) if p[u] < n)
+    assert got == pytest.approx(best, rel=1e-9, abs=1e-9 * max(1.0, scale))
+    assert sorted(p.tolist()) == list(range(m))

@@ -205,3 +205,24 @@ def test_pooled_series_is_checked_like_the_plain_one(dim: int) -> None:
         assert sampled == pytest.approx(full, rel=0.5)
     assert float(np.std(pooled - exact)) > float(np.std(plain - exact))  # pooling costs accuracy ...
     assert float(np.std(pooled - exact)) < 0.2 * float(np.std(exact))  # ... a little
+
+
+def test_plain_series_never_pools_and_bad_values_are_refused(monkeypatch) -> None:
+    from gamfsolve.affinity import _scores
+
+    rng = np.random.default_rng(2)
+    base, spec, _ = mlp([16, 64, 48, 4], rng)
+    models = [base, noisy(g.permute(base, spec, random_perms(spec, base, rng)), 0.3, rng)]
+    seen: dict[str, list[bool]] = {"plain": [], "default": []}
+    init = _scores.GroupScores.__init__
+    for name, option in (("plain", "plain"), ("default", True)):
+        def record(self, *args, _name=name, **kwargs):
+            init(self, *args, **kwargs)
+            seen[_name].extend(self.series_pooled.values())
+        monkeypatch.setattr(_scores.GroupScores, "__init__", record)
+        result = g.match(models, spec, method="gamf", seed=0, series=option)
+        assert result.converged
+    assert seen["plain"] and not any(seen["plain"])
+    assert any(seen["default"])  # pooled maps stand in at the first temperatures
+    with pytest.raises(g.FusionError, match="'plain'"):
+        g.match(models, spec, method="gamf", series="pooled")

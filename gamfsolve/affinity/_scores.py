@@ -245,10 +245,10 @@ class GroupScores:
         sigmas: Mapping[str, float], kind: str, kernel: str, xp: Any, cache: FeatureCache,
         live: Callable[[int, str, int | None], tuple[int, int] | None] | None = None,
         edge_weights: Mapping[str, float] | None = None, tau: float | None = None, movers: Sequence[int] = (),
-        series: bool = False, discrete: bool = False,
+        series: bool = False, pooled: bool = True, discrete: bool = False,
     ) -> None:
         self.group, self.pool, self.weights, self.xp = group, list(pool), weights, xp
-        self.discrete = discrete
+        self.discrete, self.pooled = discrete, pooled
         self._live = live
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.edge_weights = edge_weights
@@ -303,7 +303,7 @@ class GroupScores:
             # pooled maps only while annealing (the Hungarian stage's score updates read the maps
             # of a subset of edges, and its tolerances are below a pooled map's floor)
             for degree, pooled in ((t, p) for t in range(1, max_degree(dim) + 1) for p in (True, False)):
-                if pooled and self.discrete:
+                if pooled and (self.discrete or not self.pooled):
                     continue
                 if self.cache.series_ratio(self.group, feat, k, j, degree, pooled) <= allowed:
                     # built when first read (:meth:`_map`): a mover's scores may be updated without them

@@ -154,6 +154,23 @@ def _sinkhorn_log(s: Array, v: Array, tol: float, max_iter: int, xp: Any) -> tup
     return (xp.exp(s - u - v) if p is None else p), v, it
 
 
+def _centred(h: np.ndarray) -> np.ndarray:
+    """``h`` less its row and column means (plus the overall mean): every assignment's total moves
+    by the same constant, so the optimum is the same, but SciPy's shortest augmenting paths no
+    longer all run for the columns every row prefers. gamf's Gaussian scores carry such offsets
+    (a unit's affinity to all others rises with how close its weights sit to the common centre):
+    on ViT-S/16's 1,536-wide feed-forward groups (two random models) 0.47 s per assignment
+    against 0.06 s for weight matching's scores of the same groups, before centring. A rectangular
+    block (a narrower model's real units) assigns only some of its longer side: only the shorter
+    side, every one of whose lines is assigned, is centred."""
+    rows, cols = h.shape
+    if rows < cols:
+        return h - h.mean(axis=1, keepdims=True)
+    if cols < rows:
+        return h - h.mean(axis=0, keepdims=True)
+    return h - h.mean(axis=1, keepdims=True) - h.mean(axis=0, keepdims=True) + h.mean()
+
+
 def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] | None] | None = None) -> list[Array]:
     """Exact maximum-weight assignments of square score matrices, as index vectors.
 
@@ -170,11 +187,11 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
     for i, (s, h) in enumerate(zip(scores, host, strict=True)):
         block = None if live is None else live[i]
         if block is None or block == h.shape:
-            _, cols = linear_sum_assignment(h, maximize=True)
+            _, cols = linear_sum_assignment(_centred(h), maximize=True)
             p = np.argsort(cols)
         else:
             r, c = block
-            rows, cols = linear_sum_assignment(h[:r, :c], maximize=True)
+            rows, cols = linear_sum_assignment(_centred(h[:r, :c]), maximize=True)
             p = np.full(h.shape[1], -1, dtype=np.int64)
             p[cols] = rows
             spare_rows = np.setdiff1d(np.arange(h.shape[0]), rows)

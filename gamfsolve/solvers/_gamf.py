@@ -61,9 +61,10 @@ class _Problem:
 
     def __init__(self, models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked,
                  universe: bool, sigmas: dict[str, float], kind: str, kernel: str, balance: str,
-                 wide: bool = False, series: bool = True) -> None:
+                 wide: bool = False, series: bool | str = True) -> None:
         self.models, self.spec, self.xp = models, spec, checked.xp
-        self.series = series and kernel == "auto"
+        self.series = bool(series) and kernel == "auto"
+        self.pooled = series != "plain"  # pooled series maps offered while annealing
         self.sizes, self.weights = checked.sizes, checked.weights
         self.sigmas, self.kind, self.kernel = sigmas, kind, kernel
         self.edge_weights = edge_weights(models, spec, sigmas, balance)
@@ -99,7 +100,7 @@ class _Problem:
         return GroupScores(self.models, self.spec, group, self.sizes, maps, pool=self.pool, weights=self.weights,
                            sigmas=self.sigmas, kind=self.kind, kernel=self.kernel, xp=self.xp, cache=self.cache,
                            live=self.live, edge_weights=self.edge_weights if self.kind == "edge" else None,
-                           tau=tau, movers=self.movers, series=self.series, discrete=discrete)
+                           tau=tau, movers=self.movers, series=self.series, pooled=self.pooled, discrete=discrete)
 
 
 # Feature maps (templates, linear in N) against pairwise exact Numba affinities, NumPy input, per
@@ -190,7 +191,7 @@ def _gamf(
     max_sweeps: int | None = None, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
     hungarian_tol: float = HUNGARIAN_TOL,
     max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
-    series: bool = True, progress: bool = False,
+    series: bool | str = True, progress: bool = False,
 ) -> MatchResult:
     """Graduated assignment; see the module docstring. Options are keyword-only.
 
@@ -241,7 +242,10 @@ def _gamf(
     gaining less than 3.5e-6 each; with 1e-6 the whole solve took 17 iterations, not 33. On the
     ensemble protocol's trained MNIST pairs and LeNet quadruples (16 seeds per cell) 1e-6 against
     0 gave the same accuracy on all 64 fusions at 0.74-1.01x the CPU time (1e-5: one LeNet N = 4
-    fusion 2.2 points lower). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
+    fusion 2.2 points lower). ``series``: True (a short power series of the Gaussian stands in for
+    the exact kernel where a sampled check allows, pooled maps included while annealing; see
+    :mod:`gamfsolve.affinity._kernels._series`), "plain" (the series without pooled maps) or False
+    (the exact kernel throughout). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
     ``sigma_scale``, ``gamma``, ``tau0``, ``max_sweeps`` and ``balance``.
     """
     if affinity not in AFFINITIES:
@@ -266,7 +270,7 @@ def _gamf(
         sigma_scale = SIGMA_SCALE if checked.same_widths else SIGMA_SCALE_WIDTHS
     sigmas = param_sigmas(models, spec, xp, scale=sigma_scale, sigma=sigma)
     prob = _Problem(models, spec, checked, uni, sigmas, affinity, kernel, balance,
-                    wide=sigma is None and sigma_scale >= SIGMA_SCALE, series=bool(series))
+                    wide=sigma is None and sigma_scale >= SIGMA_SCALE, series=series)
     maps = _init_maps(prob, init, seed, checked)
     # the pairwise edge path alternates parallel Numba kernels and small products: BLAS threads
     # that spin between products would halve the kernels' speed (gamfsolve/affinity/_kernels/_threads.py);
