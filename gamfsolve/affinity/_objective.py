@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..spec._permute import apply_maps
-from ..spec._spec import PermutationSpec, segments_of
+from ..spec._spec import PermutationSpec, groups_of
 from ._features import edge_rows
 from ._kernels import _numba
 
@@ -36,8 +36,7 @@ def matched_affinity(
     """
     total, count = 0.0, 0.0
     for name, s in sigmas.items():
-        groups = list(dict.fromkeys(seg.group for entry in spec.axes[name] if entry is not None
-                                    for seg in segments_of(entry) if seg.group is not None))
+        groups = list(dict.fromkeys(g for entry in spec.axes[name] for g in groups_of(entry)))
         deps = tuple(p.get(g) for p in perms for g in groups)
         hit = None if memo is None else memo.get(name)
         if hit is not None and len(hit[0]) == len(deps) and all(a is b for a, b in zip(hit[0], deps, strict=True)):

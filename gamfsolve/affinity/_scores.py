@@ -20,8 +20,9 @@ In the discrete stage of a two-model solve a group's raw scores are also kept wi
 features they came from, in two parts (features with a feature map, features on the exact
 kernel); the next time, only the edges whose values changed (the units that moved in a
 neighbouring group) are scored, as ``R += A(new_S, y_S) - A(old_S, y_S)``, the kernel being a sum
-over edges (:meth:`GroupScores._delta`), and a part whose features are scored another way (a new
-series degree) is scored afresh; within ``bases_budget`` bytes.
+over edges (:meth:`GroupScores._delta`); a part whose scalar edges' series degrees changed is
+first brought to the new degrees by the added terms' product (:meth:`GroupScores._regrade`), any
+other change of how a part is scored rescores it afresh; within ``bases_budget`` bytes.
 """
 
 from __future__ import annotations
@@ -418,8 +419,7 @@ class GroupScores:
             own = series_features(old[f], sigma, xp, center=centre, degree=hi)[:, cols]
             other = (self._map(f, j) if hi == is_[2] else
                      series_features(self.features[j][f].x, sigma, xp, center=centre, degree=hi))[:, cols]
-            w = self.weights[j] * (1.0 if self.edge_weights is None else self.edge_weights.get(feat.name, 1.0))
-            step = (own @ other.T) * w
+            step = (own @ other.T) * (self.weights[j] * self._edge_weight(feat.name))
             total = total + step if is_[2] > was[2] else total - step
         return total
 
@@ -449,7 +449,7 @@ class GroupScores:
         for f, idx in changed:
             feat = self.features[k][f]
             new, before, y = (xp.take(z, idx, axis=1) for z in (feat.x, old[f], self.features[j][f].x))
-            w = self.weights[j] * (1.0 if self.edge_weights is None else self.edge_weights.get(feat.name, 1.0))
+            w = self.weights[j] * self._edge_weight(feat.name)
             if f in self.phi:  # a feature map: one product of the maps' difference
                 step = (self._edge_map(f, new) - self._edge_map(f, before)) @ self._edge_map(f, y).T
                 total = total + (step * w if w != 1.0 else step)
@@ -459,6 +459,10 @@ class GroupScores:
                                                   kernel=self.kernel, weights=self.edge_weights) for z in (new, before))
                 total = total + self.weights[j] * (after_ - before_)
         return total
+
+    def _edge_weight(self, name: str) -> float:
+        """The weight of parameter ``name``'s edges (1 where none is set)."""
+        return 1.0 if self.edge_weights is None else self.edge_weights.get(name, 1.0)
 
     def _edge_map(self, f: int, x: Array) -> Array:
         """Feature ``f``'s map (its series, or the kernel's feature map) of edges ``x`` (n, E', D),
@@ -490,7 +494,7 @@ class GroupScores:
                 if k in self.pool:
                     t = t - self.weights[k] * self._term(f, k)
                 term = self._map(f, k) @ t
-            w = 1.0 if self.edge_weights is None else self.edge_weights.get(self.features[k][f].name, 1.0)
+            w = self._edge_weight(self.features[k][f].name)
             if w != 1.0:
                 term = term * w
             total = term if total is None else total + term

@@ -105,16 +105,13 @@ def only_groups(spec: Any, keep: Callable[[str], bool]) -> Any:
     """``spec`` with only the groups ``keep`` accepts permuted: the others' axes become fixed
     (parameters left with no permuted axis drop out). A group sharing a composite axis with a
     dropped one is refused (not needed for the cases here)."""
-    from ..spec._spec import PermutationSpec, Split, segments_of
+    from ..spec._spec import PermutationSpec, groups_of
 
     axes = {}
     for name, entries in spec.axes.items():
         new = []
         for entry in entries:
-            if entry is None or isinstance(entry, Split):
-                groups = [] if entry is None else [g for g in entry.groups if g is not None]
-            else:
-                groups = [seg.group for seg in segments_of(entry) if seg.group is not None]
+            groups = groups_of(entry)
             kept = [g for g in groups if keep(g)]
             if kept and (not isinstance(entry, str) or len(kept) != len(groups)):
                 raise ValueError(f"{name!r}: composite axis {entry!r} mixes kept and dropped groups")
