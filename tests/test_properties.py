@@ -192,3 +192,50 @@ def test_hungarian_ignores_row_and_column_offsets(n: int, extra: int, scale: flo
     got = sum(shifted[p[u], u] for u in range(m) if p[u] < n)
     assert got == pytest.approx(best, rel=1e-9, abs=1e-9 * max(1.0, scale))
     assert sorted(p.tolist()) == list(range(m))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 30), ties=st.booleans(), warm=st.sampled_from([None, "small", "large"]), seed=st.integers(0, 2**16))
+def test_compiled_assignment_is_optimal_and_its_duals_certify_it(n: int, ties: bool, warm: str | None, seed: int) -> None:
+    """Jonker-Volgenant, cold or warm-started from any column duals, finds a minimum-cost
+    assignment (SciPy's total), and returns duals that certify it: every row's assigned column
+    is its cheapest under them (complementary slackness), so they are valid to start from."""
+    from scipy.optimize import linear_sum_assignment
+
+    from gamfsolve.affinity._kernels import _numba
+
+    if not _numba.available():
+        pytest.skip("Numba is not installed")
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
+    v0 = None if warm is None else rng.standard_normal(n) * (0.1 if warm == "small" else 100.0)
+    x, v = _numba.lapjv_numba(c, v0)
+    assert sorted(x.tolist()) == list(range(n))
+    rows, cols = linear_sum_assignment(c)
+    assert c[np.arange(n), x].sum() == pytest.approx(c[rows, cols].sum(), abs=1e-9)
+    if n:
+        reduced = c - v[None, :]
+        np.testing.assert_allclose(reduced[np.arange(n), x], reduced.min(axis=1), atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 40), steps=st.integers(1, 4), noise=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_hungarian_warm_started_from_the_last_duals_stays_exact(n: int, steps: int, noise: float, seed: int) -> None:
+    """A sequence of related score matrices under one key (a layer's scores from sweep to sweep):
+    each warm-started solve reaches SciPy's optimum, and the duals are kept under the key."""
+    from scipy.optimize import linear_sum_assignment
+
+    from gamfsolve.solvers._assign import hungarian
+
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((n, n))
+    duals: dict = {}
+    for _ in range(steps):
+        (p,) = hungarian([s], np, duals=duals, keys=["layer"])
+        rows, cols = linear_sum_assignment(s, maximize=True)
+        assert sum(s[p[u], u] for u in range(n)) == pytest.approx(s[rows, cols].sum(), rel=1e-9, abs=1e-9)
+        assert sorted(p.tolist()) == list(range(n))
+        s = s + noise * rng.standard_normal((n, n))
+    from gamfsolve.affinity._kernels import _numba
+
+    assert ("layer" in duals) == _numba.available()

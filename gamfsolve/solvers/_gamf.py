@@ -320,6 +320,7 @@ def _anneal(
     # (the same objects, the same kernel) would get the same scores and the same answer: skipped
     assigned: dict[str, tuple[Any, ...]] = {}
     series_of: dict[str, bool] = {}
+    duals: dict[tuple[int, str], Any] = {}  # each (model, group)'s assignment duals: the next sweep's warm start
     objective_memo: dict[str, Any] = {}  # per-parameter sums of the objective, kept while their maps are
     for it in range(1, max_iter + 1):
         old = [dict(m) for m in maps]
@@ -346,7 +347,8 @@ def _anneal(
                     live.append(st.live(k))
                     del st
                 if discrete:  # Alg. 1 line 9: the Hungarian projector, one host hop per class
-                    new = dict(zip(scores, hungarian(list(scores.values()), xp, live=live), strict=True)) if scores else {}
+                    perms = hungarian(list(scores.values()), xp, live=live, duals=duals, keys=[(k, g) for g in scores])
+                    new = dict(zip(scores, perms, strict=True))
                     assigned.update(stamps)
                     # an unchanged index vector keeps its object: templates need no update and
                     # the neighbours' cached features stay valid

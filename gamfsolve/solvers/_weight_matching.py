@@ -118,6 +118,7 @@ def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutat
     """
     maps = dict(maps)
     gains = _Gains(x, target, spec, sizes, xp)
+    duals: dict[str, Any] = {}  # each group's assignment duals: the next pass's warm start
     for it in range(1, max_iter + 1):
         changed = False
         for g in rng.permutation(list(sizes)):
@@ -125,7 +126,7 @@ def align_to(x: Mapping[str, Array], target: Mapping[str, Array], spec: Permutat
             if gains.fresh(g, maps):  # nothing it reads changed since it was assigned: the same answer
                 continue
             block, stamp = None if live is None else [live[g]], gains.stamp(g, maps)
-            (new,) = hungarian([gains.gain(g, maps)], xp, live=block)
+            (new,) = hungarian([gains.gain(g, maps)], xp, live=block, duals=duals, keys=[g])
             if not np.array_equal(to_host(new), to_host(maps[g])):
                 maps[g], changed = new, True
             gains.mark(g, stamp)
