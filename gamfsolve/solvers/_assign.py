@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Hashable, MutableMapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -23,10 +22,11 @@ Array = Any
 # compiled 24x faster at 6 x 6, 7x at 16 x 16, slower from about 40 x 40 (its exp is scalar).
 COMPILED_SINKHORN_MAX = 1024
 CHECK_EVERY = 5
-# Square assignments at least this wide use the compiled Jonker-Volgenant kernel even where Numba
-# is not loaded yet (importing it and loading the kernel cost ~0.3 s: weight matching on ResNet-18,
-# whose groups are at most 512 wide, took 1.8 s with it against 1.5 s with SciPy alone).
-COMPILED_LSAP_MIN = 1024
+# Square assignments at least this wide use the compiled Jonker-Volgenant kernel; narrower ones
+# SciPy's, which takes a few milliseconds there: loading Numba and the kernel costs 0.1-0.3 s
+# once per process (weight matching on the quick ResNet-50, groups up to 512 wide, 0.42 s with
+# SciPy alone, 0.52 s with the kernel for every group).
+COMPILED_LSAP_MIN = 512
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # Numba has no float16 arithmetic
 
 
@@ -189,8 +189,8 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
     order, so empty slots never decide, or break a tie in, the result.
 
     Square matrices are solved by the compiled Jonker-Volgenant kernel where Numba is there
-    (:func:`._numba.lapjv_numba`; below :data:`COMPILED_LSAP_MIN` only once Numba is loaded),
-    else, and for rectangular blocks, by SciPy's ``linear_sum_assignment``. ``duals`` with
+    (:func:`._numba.lapjv_numba`) from :data:`COMPILED_LSAP_MIN` wide, else, and for rectangular
+    blocks, by SciPy's ``linear_sum_assignment``. ``duals`` with
     ``keys`` (one per matrix) warm-starts it: the column duals of the last problem solved under
     a key seed the next one under that key (a layer's scores from one sweep to the next), and
     are stored back.
@@ -216,8 +216,7 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
 def _assign_square(h: np.ndarray, duals: MutableMapping[Any, np.ndarray] | None, key: Hashable) -> np.ndarray:
     """``p`` with ``p[u]`` the row of column ``u`` in the maximum-weight assignment of ``h`` (n, n)."""
     n = h.shape[0]
-    compiled = n >= COMPILED_LSAP_MIN or (n > 1 and "numba" in sys.modules)
-    if compiled and _numba.available() and bool(np.isfinite(h).all()):
+    if n >= COMPILED_LSAP_MIN and _numba.available() and bool(np.isfinite(h).all()):
         warm = None if duals is None or key is None else duals.get(key)
         rows_of, v = _numba.lapjv_numba(-h.T, warm if warm is not None and warm.shape == (n,) else None)
         if duals is not None and key is not None:
