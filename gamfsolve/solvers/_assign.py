@@ -201,7 +201,7 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
         block = None if live is None else live[i]
         if block is None or block == h.shape:
             key = None if duals is None or keys is None else keys[i]
-            p = _assign_square(_centred(h), duals, key)
+            p = _assign_square(h, duals, key)
         else:
             r, c = block
             rows, cols = linear_sum_assignment(_centred(h[:r, :c]), maximize=True)
@@ -214,13 +214,17 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
 
 
 def _assign_square(h: np.ndarray, duals: MutableMapping[Any, np.ndarray] | None, key: Hashable) -> np.ndarray:
-    """``p`` with ``p[u]`` the row of column ``u`` in the maximum-weight assignment of ``h`` (n, n)."""
+    """``p`` with ``p[u]`` the row of column ``u`` in the maximum-weight assignment of ``h`` (n, n).
+    The compiled solver needs no centring (it starts from the column means; rows do not matter to
+    it); SciPy's gets centred scores (:func:`_centred`)."""
     n = h.shape[0]
     if n >= COMPILED_LSAP_MIN and _numba.available() and bool(np.isfinite(h).all()):
         warm = None if duals is None or key is None else duals.get(key)
-        rows_of, v = _numba.lapjv_numba(-h.T, warm if warm is not None and warm.shape == (n,) else None)
+        cols_of, v = _numba.lapjv_numba(np.negative(h), warm if warm is not None and warm.shape == (n,) else None)
         if duals is not None and key is not None:
             duals[key] = v
-        return rows_of  # solved on h^T: row u of h^T (column u of h) gets column p[u] of h^T
-    _, cols = linear_sum_assignment(h, maximize=True)
+        p = np.empty(n, dtype=np.int64)
+        p[cols_of] = np.arange(n)  # row i takes column cols_of[i]
+        return p
+    _, cols = linear_sum_assignment(_centred(h), maximize=True)
     return np.argsort(cols)
