@@ -100,7 +100,7 @@ RULES: dict[str, dict[str, Check]] = {
         "sigma_scale": real(optional=True),
         "tau0": real(optional=True), "gamma": real(0.0, 1.0, optional=True), "tau_min": real(),
         "max_sweeps": integer(1, optional=True), "hungarian_tol": real(lo_open=False),
-        "tol": real(lo_open=False), "sinkhorn_tol": real(), "sinkhorn_max_iter": integer(1),
+        "tol": real(lo_open=False), "sinkhorn_tol": real(optional=True), "sinkhorn_max_iter": integer(1),
         "max_iter": integer(1), "init": choice("solvers._gamf", "INITS"), "universe": boolean(optional=True),
         "balance": choice("affinity._affinity", "BALANCES"), "series": boolean(also=("plain",)),
     },

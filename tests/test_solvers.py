@@ -76,9 +76,11 @@ def test_gamf_converges_and_reports():
     assert result.converged and result.n_iter > 1 and result.objective
     assert 0 < result.objective[-1] <= 1 and "Hungarian" in result.message
     assert result.info["universe"] is False and result.info["gamma"] == 0.25 and result.info["tau0"] == 0.5
+    assert result.info["sinkhorn_tol"] == 1e-2  # a plan only sets the next sweep's scores
     in_universe = g.match(models, spec, method="gamf", universe=True, seed=0)
     assert in_universe.info["universe"] is True and in_universe.info["gamma"] == 0.85  # slower annealing there
     assert in_universe.info["tau0"] == 1.0  # and from a higher first temperature
+    assert in_universe.info["sinkhorn_tol"] == 1e-4
     assert in_universe.n_iter > result.n_iter
     assert g.match(models, spec, method="gamf", universe=True, gamma=0.7, seed=0).info["gamma"] == 0.7
     assert g.match(models, spec, method="gamf", tau0=2.0, seed=0).info["tau0"] == 2.0

@@ -179,6 +179,8 @@ TAU0_UNIVERSE = 1.0
 MAX_SWEEPS_TWO = 1  # Sinkhorn sweeps per temperature at most, for two models and in the universe
 MAX_SWEEPS_UNIVERSE = 2
 HUNGARIAN_TOL = 1e-6  # a Hungarian sweep raising the objective by less than this, relative, ends a sub-stage
+SINKHORN_TOL_TWO = 1e-2  # the largest column-sum error a Sinkhorn plan stops at, two models and universe
+SINKHORN_TOL_UNIVERSE = 1e-4
 SIGMA_SCALE = 30.0  # the kernel width's default multiple of 2 D var(w), models of one width
 SIGMA_SCALE_WIDTHS = 1.0  # and for models of different widths: see _gamf's docstring
 
@@ -188,7 +190,7 @@ def _gamf(
     models: Sequence[Mapping[str, Array]], spec: PermutationSpec, checked: Checked, *, seed: int | None,
     affinity: str = "edge", kernel: str = "auto", sigma: float | Mapping[str, float] | None = None,
     sigma_scale: float | None = None, tau0: float | None = None, gamma: float | None = None, tau_min: float = 0.02,
-    max_sweeps: int | None = None, tol: float = 1e-3, sinkhorn_tol: float = 1e-4, sinkhorn_max_iter: int = 500,
+    max_sweeps: int | None = None, tol: float = 1e-3, sinkhorn_tol: float | None = None, sinkhorn_max_iter: int = 500,
     hungarian_tol: float = HUNGARIAN_TOL,
     max_iter: int = 300, init: str = "auto", universe: bool | None = None, balance: str = "param",
     series: bool | str = True, progress: bool = False,
@@ -248,8 +250,14 @@ def _gamf(
     fusion 2.2 points lower). ``series``: True (a short power series of the Gaussian stands in for
     the exact kernel where a sampled check allows, pooled maps included while annealing; see
     :mod:`gamfsolve.affinity._kernels._series`), "plain" (the series without pooled maps) or False
-    (the exact kernel throughout). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
-    ``sigma_scale``, ``gamma``, ``tau0``, ``max_sweeps`` and ``balance``.
+    (the exact kernel throughout). ``sinkhorn_tol``: a Sinkhorn plan stops when every column sum
+    is within it of one; by default 1e-2 for two models (a plan only sets the next sweep's scores;
+    against 1e-4, paired over 12 seeds per cell of the ensemble protocol, MLP N = 2 hetero -0.02 +-
+    0.02 points, LeNet N = 2 homog and hetero the same accuracy on every pair, at 0.71-0.89x the
+    CPU time; on random pairs of ViT-S/16 feed-forward groups, EfficientNet-B0 and ResNet-50
+    0.8-0.91x the time, matched objective within 2e-5 relative), 1e-4 in the universe (LeNet
+    N = 4 homog at 1e-2: +2.03 +- 1.37 points over 7 fusions, not settled). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
+    ``sigma_scale``, ``gamma``, ``tau0``, ``max_sweeps``, ``sinkhorn_tol`` and ``balance``.
     """
     if affinity not in AFFINITIES:
         raise OptionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
@@ -264,6 +272,8 @@ def _gamf(
         tau0 = TAU0_UNIVERSE if uni else TAU0_TWO
     if max_sweeps is None:
         max_sweeps = MAX_SWEEPS_UNIVERSE if uni else MAX_SWEEPS_TWO
+    if sinkhorn_tol is None:
+        sinkhorn_tol = SINKHORN_TOL_UNIVERSE if uni else SINKHORN_TOL_TWO
     if not (0 < gamma < 1 and tau0 > tau_min > 0):
         raise OptionError(f"need 0 < gamma < 1 and tau0 > tau_min > 0, got gamma={gamma}, tau0={tau0}, tau_min={tau_min}")
     xp = checked.xp
@@ -292,7 +302,8 @@ def _gamf(
     return MatchResult(perms=perms, method="gamf", n_iter=it, converged=converged, objective=tuple(trace),
                        message=message, info={"universe": uni, "affinity": affinity, "sigmas": sigmas,
                                                      "sigma_scale": sigma_scale, "gamma": gamma, "tau0": tau0,
-                                                     "max_sweeps": max_sweeps, "balance": balance})
+                                                     "max_sweeps": max_sweeps, "sinkhorn_tol": sinkhorn_tol,
+                                                     "balance": balance})
 
 
 def _anneal(
