@@ -256,8 +256,9 @@ def _gamf(
     0.02 points, LeNet N = 2 homog and hetero the same accuracy on every pair, at 0.71-0.89x the
     CPU time; on random pairs of ViT-S/16 feed-forward groups, EfficientNet-B0 and ResNet-50
     0.8-0.91x the time, matched objective within 2e-5 relative), 1e-4 in the universe (LeNet
-    N = 4 homog at 1e-2: +2.03 +- 1.37 points over 7 fusions, not settled). ``result.info`` reports ``universe``, ``affinity``, ``sigmas``,
-    ``sigma_scale``, ``gamma``, ``tau0``, ``max_sweeps``, ``sinkhorn_tol`` and ``balance``.
+    N = 4 homog at 1e-2: +2.03 +- 1.37 points over 7 fusions, not settled). ``result.info``
+    reports ``universe``, ``affinity``, ``sigmas``, ``sigma_scale``, ``gamma``, ``tau0``,
+    ``max_sweeps``, ``sinkhorn_tol`` and ``balance``.
     """
     if affinity not in AFFINITIES:
         raise OptionError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
