@@ -188,12 +188,12 @@ def hungarian(scores: Sequence[Array], xp: Any, live: Sequence[tuple[int, int] |
     rectangular assignment and the rows left over fill the columns left over in increasing
     order, so empty slots never decide, or break a tie in, the result.
 
-    Square matrices are solved by the compiled Jonker-Volgenant kernel where Numba is there
-    (:func:`._numba.lapjv_numba`) from :data:`COMPILED_LSAP_MIN` wide, else, and for rectangular
-    blocks, by SciPy's ``linear_sum_assignment``. ``duals`` with
-    ``keys`` (one per matrix) warm-starts it: the column duals of the last problem solved under
-    a key seed the next one under that key (a layer's scores from one sweep to the next), and
-    are stored back.
+    Square matrices from :data:`COMPILED_LSAP_MIN` wide are solved by the compiled
+    Jonker-Volgenant kernel where Numba is there (:func:`._numba.lapjv_numba`); narrower ones,
+    rectangular blocks and everything without Numba by SciPy's ``linear_sum_assignment``.
+    ``duals`` with ``keys`` (one per matrix) warm-starts the kernel: the column duals of the last
+    problem solved under a key seed the next one under that key (a layer's scores from one sweep
+    to the next), and are stored back.
     """
     host = [np.asarray(to_host(s), dtype=np.float64) for s in scores]
     out = []

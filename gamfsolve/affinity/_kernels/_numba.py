@@ -748,6 +748,7 @@ def lapjv_numba(cost: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarr
     kernels["lapjv"](c, duals, warm, cold, x)
     return x, duals
 
+
 def matched_sum(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
     """``sum_r exp(-||x[r] - y[r]||^2 / sigma)`` over the rows of ``x``, ``y`` ``(R, D)`` (float32/float64),
     in one compiled pass, summed in float64: the exact objective's term of one parameter."""
