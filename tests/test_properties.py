@@ -225,6 +225,25 @@ def test_compiled_assignment_is_optimal_and_its_duals_certify_it(n: int, ties: b
 
 
 @settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 30), ties=st.booleans(), warm=st.booleans(), seed=st.integers(0, 2**16))
+def test_compiled_assignment_reads_float32_as_its_float64_copy(n: int, ties: bool, warm: bool, seed: int) -> None:
+    """float32 costs are read as they are, with float64 sums: the assignment and the duals of
+    their exact float64 copy, bit for bit."""
+    from gamfsolve.affinity._kernels import _numba
+
+    if not _numba.available():
+        pytest.skip("Numba is not installed")
+    rng = np.random.default_rng(seed)
+    c = (rng.integers(0, 3, (n, n)) if ties else rng.standard_normal((n, n))).astype(np.float32)
+    v0 = rng.standard_normal(n) if warm else None
+    x32, v32 = _numba.lapjv_numba(c, v0)
+    x64, v64 = _numba.lapjv_numba(c.astype(np.float64), v0)
+    np.testing.assert_array_equal(x32, x64)
+    np.testing.assert_array_equal(v32, v64)
+    assert v32.dtype == np.float64
+
+
+@settings(max_examples=30, deadline=None)
 @given(n=st.integers(2, 40), steps=st.integers(1, 4), noise=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
 def test_hungarian_warm_started_from_the_last_duals_stays_exact(n: int, steps: int, noise: float, seed: int) -> None:
     """A sequence of related score matrices under one key (a layer's scores from sweep to sweep):

@@ -435,7 +435,8 @@ def _compiled() -> Any:
 
     @jit(False)
     def lapjv(c, v, warm, cold, x):  # pragma: no cover - compiled
-        # Minimum-cost assignment of the square c (n, n) float64 (Jonker & Volgenant 1987):
+        # Minimum-cost assignment of the square c (n, n) float32 or float64 (Jonker & Volgenant 1987;
+        # float64 arithmetic: v, d and the sums are float64):
         # x[i] = the column of row i; v (n,) the column duals, read (warm) and updated. Every
         # assigned row i keeps c[i, x[i]] - v[x[i]] = min_j (c[i, j] - v[j]) (row duals implicit).
         # 1. each row to its best column under v where that column is free; a warm v that leaves
@@ -734,13 +735,14 @@ def lapjv_numba(cost: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarr
     their best column are dropped. Cold, the duals start at the column means (the same search as
     on column-centred costs; row offsets do not matter to it) and augmenting row reduction makes
     it about 2x SciPy's ``linear_sum_assignment`` on the same matrices. ``cost`` must be finite;
-    a C-contiguous float64 one is read without a copy."""
+    a C-contiguous float32 or float64 one is read without a copy (float64 sums and duals either
+    way: the same result as on its float64 copy)."""
     kernels = _compiled()
     if kernels is None:
         raise ImportError("lapjv_numba needs Numba: pip install numba")
-    c = np.ascontiguousarray(cost, dtype=np.float64)
+    c = np.ascontiguousarray(cost, dtype=cost.dtype if cost.dtype == np.float32 else np.float64)
     n = c.shape[0]
-    cold = c.mean(axis=0) if n else np.zeros(0)
+    cold = c.mean(axis=0, dtype=np.float64) if n else np.zeros(0)
     warm = v is not None
     duals = np.array(v, dtype=np.float64) if warm else cold.copy()
     x = np.empty(n, dtype=np.int64)
