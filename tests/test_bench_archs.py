@@ -50,3 +50,14 @@ def test_the_feed_forward_case_permutes_only_the_vit_mlp_groups() -> None:
         np.testing.assert_array_equal(np.asarray(result.perms[g][1]), planted[g])
     with pytest.raises(ValueError, match="mixes kept and dropped"):  # a Split axis of two groups
         _real.only_groups(full, lambda g: g.endswith(".heads"))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_real_case_runs_on_the_backend_asked_for(backend: str) -> None:
+    """The real-network section gives the arrays to match() in the backend's library; a planted
+    copy is put back in full either way (no device memory reported on the host)."""
+    pytest.importorskip("transformers")
+    row = _real.run_case({"arch": "vit_s16_ffn", "kind": "planted", "method": "gamf", "quick": True, "backend": backend})
+    assert row["status"] == "ok" and row["backend"] == backend
+    assert row["recovered"] == 1.0
+    assert "device_peak_mib" not in row

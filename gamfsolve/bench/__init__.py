@@ -11,13 +11,17 @@ the factorised rank ``r``; then the float32 matrix-product floor of a rank-``r``
 exact Numba);
 ``e2e`` (two planted models, MLP / VGG11 / ResNet-20x4, every method, one fresh process per
 case for its peak memory); ``many`` (N = 2..16 MLPs 784-256-256-256-10, GAMF in the universe,
-time per outer iteration). ``--quick`` divides the widths by 4 (kernels) or 8 (models) and runs
-fewer cases (kernels in float32 only, one timing each; e2e without the node affinity; many at
-N = 2, 4, 8 with the default kernel; real: ResNet-18's planted copy only).
+time per outer iteration); ``real`` (the literature's architectures from their real
+definitions, weight matching and gamf side by side, one process per case: :mod:`._real`).
+``--quick`` divides the widths by 4 (kernels) or 8 (models) and runs fewer cases (kernels in
+float32 only, one timing each; e2e without the node affinity; many at N = 2, 4, 8 with the
+default kernel; real: ResNet-18's planted copy only).
 
 ``--backend`` runs every case on another array library: ``numpy`` (default), ``torch`` (CPU),
 ``torch_cuda`` or ``cupy`` (GPU; timings synchronise the device). Off NumPy there is no Numba
-kernel and the ratios are taken against the exact ``matmul`` kernel instead.
+kernel and the ratios are taken against the exact ``matmul`` kernel instead; the real networks'
+arrays are given to :func:`gamfsolve.match` in that library (on a GPU each row also has the
+device's peak memory).
 """
 
 from __future__ import annotations
@@ -332,6 +336,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default="kernels,e2e,many,real",
                    help="comma-separated: kernels, e2e, many, real (the real networks need torch and transformers)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per end-to-end case")
+    p.add_argument("--archs", default=None, help=(
+        "comma-separated architectures of the real section (default: all; --quick: resnet18); any of "
+        "resnet18, resnet50, vgg11_bn, alexnet, mobilenet_v2, efficientnet_b0, vit_s16_mlp, vit_s16_ffn, vit_b16"))
     p.add_argument("--backend", default="numpy", choices=BACKENDS,
                    help="array library of every case: numpy (default), torch (CPU), torch_cuda, cupy (GPU)")
     p.add_argument("--threads", type=int, default=None,
@@ -374,12 +381,12 @@ def _run_sections(args: argparse.Namespace, sections: list[str], log: Callable[[
         log(CASE_HEADER)
         report["many"] = bench_many(args.quick, log, args.timeout, args.backend)
         done("many")
-    if "real" in sections and args.backend == "numpy":
+    if "real" in sections:
         from ._real import bench_real
 
         log("\n(v) real networks (HF transformers / zoo definitions, random init): two initialisations ('pair')")
         log("    and a permuted copy + 1% noise ('planted', recovered = fraction of units put back); own process each")
-        report["real"] = bench_real(args.quick, log, args.timeout, _subprocess_case)
+        report["real"] = bench_real(args.quick, log, args.timeout, _subprocess_case, args.backend, args.archs)
         done("real")
 
 
@@ -394,6 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:  # with --json the tables go to stderr, the document to stdout
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()] if args.archs else None
+    if archs:
+        from ._real import ARCHS
+
+        wrong = [a for a in archs if a not in ARCHS]
+        if wrong:
+            _parser().error(f"unknown architecture(s) {wrong}; choose from {list(ARCHS)}")
+    args.archs = archs
     _THREADS[0] = args.threads
     backend_tools(args.backend)  # refuse a GPU backend without a device before any work
     if args.plot:

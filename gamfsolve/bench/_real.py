@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,11 +132,18 @@ def _peak_mib() -> float:
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """One case ``{"arch", "kind": "pair" | "planted", "method", "options", "quick"}``; a JSON-able row."""
+    """One case ``{"arch", "kind": "pair" | "planted", "method", "options", "quick", "backend"}``; a
+    JSON-able row. ``backend`` (default ``"numpy"``; see :data:`gamfsolve.bench.BACKENDS`): the
+    array library the models' arrays are given to :func:`gamfsolve.match` in; on a GPU the row
+    also has the device's peak memory during the solve (``device_peak_mib``)."""
     import gamfsolve as gs
 
+    from .._xp import to_host
     from ..adapters import torch as gt
+    from . import backend_tools
 
+    backend = case.get("backend", "numpy")
+    convert, sync = backend_tools(backend)
     quick = bool(case.get("quick", False))
     a, x = build(case["arch"], 0, quick)
     start = time.perf_counter()
@@ -154,20 +161,45 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     else:
         second = _arrays(build(case["arch"], 1, quick)[0], spec.axes)
     n_units = sum(spec.group_sizes({k: v.shape for k, v in first.items()}).values())
+    sizes = {"params_m": sum(v.size for v in first.values()) / 1e6,
+             "model_mib": 2 * sum(v.nbytes for v in first.values()) / 2**20}
     del a
+    first, second = ({k: convert(v) for k, v in m.items()} for m in (first, second))
+    device_start = _device_peak(backend, reset=True)
     before = _peak_mib()
+    sync()
     start, cpu = time.perf_counter(), time.process_time()
     result = gs.match([second, first], spec, method=case["method"], seed=0, **case.get("options", {}))
+    sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    row = {**case, "status": "ok", "time_s": wall, "cpu_s": cpu, "derive_s": derive_s, "n_iter": result.n_iter,
-           "groups": len(spec.groups), "units": n_units,
-           "params_m": sum(v.size for v in first.values()) / 1e6,
-           "model_mib": 2 * sum(v.nbytes for v in first.values()) / 2**20,
+    row = {**case, "backend": backend, "status": "ok", "time_s": wall, "cpu_s": cpu, "derive_s": derive_s,
+           "n_iter": result.n_iter, "groups": len(spec.groups), "units": n_units, **sizes,
            "rss_before_mib": before, "peak_rss_mib": _peak_mib()}
+    if device_start is not None:
+        row["device_before_mib"], row["device_peak_mib"] = device_start, _device_peak(backend)
     if case["kind"] == "planted":  # match() put ``first`` (model 1) into ``second``'s order
-        hits = sum(int(np.sum(np.asarray(result.perms[g][1]) == planted[g])) for g in spec.groups)
+        hits = sum(int(np.sum(to_host(result.perms[g][1]) == planted[g])) for g in spec.groups)
         row["recovered"] = hits / max(1, n_units)
     return row
+
+
+def _device_peak(backend: str, reset: bool = False) -> float | None:
+    """MiB of GPU memory: with ``reset``, what is held now (and the peak counter restarted);
+    else the peak since (torch: allocated; CuPy: its memory pool's size, which keeps what it
+    took). None on the host."""
+    if backend == "torch_cuda":
+        import torch
+
+        if reset:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated() / 2**20
+    if backend == "cupy":
+        import cupy
+
+        return cupy.get_default_memory_pool().total_bytes() / 2**20
+    return None
 
 
 CASES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "vit_s16_mlp", "vit_s16_ffn", "vit_b16")
@@ -185,20 +217,24 @@ def _line(r: dict[str, Any], base: dict[str, Any] | None) -> str:
     rec = f"{r['recovered']:9.4f}" if "recovered" in r else f"{'-':>9}"
     return (f"{r['arch']:<16} {r['kind']:<8} {r['method']:<16} {r['params_m']:6.1f}M {r['time_s']:8.1f}s {ratio} "
             f"{r['cpu_s']:8.1f}s {cpu_ratio} {r['n_iter']:>5} {rec} {r['peak_rss_mib']:8.0f} "
-            f"{r['peak_rss_mib'] - r['rss_before_mib']:7.0f} {r['model_mib']:10.1f}")
+            f"{r['peak_rss_mib'] - r['rss_before_mib']:7.0f} {r['model_mib']:10.1f}"
+            + (f"  GPU peak {r['device_peak_mib']:.0f} MiB" if "device_peak_mib" in r else ""))
 
 
 def bench_real(quick: bool, log: Callable[[str], None], timeout: float,
-               run: Callable[[dict[str, Any], float, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every architecture, both kinds, weight matching then gamf, side by side; ``run(case, timeout,
-    module)`` runs one case in a fresh process."""
+               run: Callable[[dict[str, Any], float, str], dict[str, Any]], backend: str = "numpy",
+               archs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every architecture (or those in ``archs``, any of :data:`ARCHS`), both kinds, weight matching
+    then gamf, side by side; ``run(case, timeout, module)`` runs one case in a fresh process;
+    ``backend``: the array library of the models' arrays."""
     log(HEADER)
     rows = []
-    for arch in QUICK_CASES if quick else CASES:
+    for arch in archs or (QUICK_CASES if quick else CASES):
         for kind in ("planted",) if quick else ("pair", "planted"):
             base = None
             for method, options in METHODS:
-                case = {"arch": arch, "kind": kind, "method": method, "options": options, "quick": quick}
+                case = {"arch": arch, "kind": kind, "method": method, "options": options, "quick": quick,
+                        "backend": backend}
                 r = run(case, timeout, "gamfsolve.bench._real")
                 if method == "weight_matching" and r.get("status") == "ok":
                     base = r
