@@ -74,3 +74,20 @@ def test_the_same_answer_as_annealing_them(name: str, seed: int, level: float | 
         np.testing.assert_array_equal(np.asarray(fast.perms[grp][1]), np.asarray(plain.perms[grp][1]))
     if SPECS[name][1]:
         assert isolated_calls < len(calls)  # their annealing sweeps were not scored
+
+
+def test_models_of_different_widths_the_same_answer() -> None:
+    """A narrower second model (empty slots in its isolated groups): the same as annealing them."""
+    rng = np.random.default_rng(3)
+    spec = _spec(frozenset({"h0", "h2"}))
+    wide = mlp(WIDTHS, rng)[0]
+    narrow = mlp([6, 14, 16, 11, 14, 3], rng)[0]
+    init = _gamf._Problem.__init__
+    fast = g.match([wide, narrow], spec, method="gamf", seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_gamf._Problem, "__init__",
+                   lambda self, *a, **k: init(self, *a, **k) or setattr(self, "isolated", frozenset()))
+        plain = g.match([wide, narrow], spec, method="gamf", seed=0)
+    assert fast.n_iter == plain.n_iter and fast.objective == plain.objective
+    for grp in spec.groups:
+        np.testing.assert_array_equal(np.asarray(fast.perms[grp][1]), np.asarray(plain.perms[grp][1]))
