@@ -91,3 +91,13 @@ def test_models_of_different_widths_the_same_answer() -> None:
     assert fast.n_iter == plain.n_iter and fast.objective == plain.objective
     for grp in spec.groups:
         np.testing.assert_array_equal(np.asarray(fast.perms[grp][1]), np.asarray(plain.perms[grp][1]))
+
+
+def test_groups_out_of_the_annealing_do_not_hold_a_temperature() -> None:
+    """Their plans never change while annealing (an identity start stays an index vector): with
+    every group out, each temperature ends after one sweep whatever ``max_sweeps`` allows."""
+    spec = _spec(frozenset({"h0", "h2"}))
+    models = _pair(spec, 4, None)
+    one = g.match(models, spec, method="gamf", seed=0, init="identity", max_sweeps=1)
+    three = g.match(models, spec, method="gamf", seed=0, init="identity", max_sweeps=3)
+    assert three.n_iter == one.n_iter and three.objective == one.objective

@@ -167,11 +167,14 @@ def _snapshot(maps: list[Maps], movers: list[int]) -> tuple[bytes, ...]:
     return tuple(to_host(maps[k][g]).tobytes() for k in movers for g in sorted(maps[k]))
 
 
-def _change(old: list[Maps], new: list[Maps], movers: list[int], xp: Any) -> float:
-    """Largest mean absolute change of a plan in the last sweep (exact maps count as changed)."""
+def _change(old: list[Maps], new: list[Maps], movers: list[int], xp: Any, skip: frozenset[str] = frozenset()) -> float:
+    """Largest mean absolute change of a plan in the last sweep (exact maps count as changed), over
+    the groups not in ``skip`` (those out of the annealing)."""
     worst = 0.0
     for k in movers:
         for g, m in new[k].items():
+            if g in skip:
+                continue
             o = old[k].get(g)
             if o is None or o.ndim != 2 or m.ndim != 2:
                 return float("inf")
@@ -386,7 +389,7 @@ def _anneal(
         if not discrete:
             bar.update(it, f"sinkhorn tau={tau:.3g}")
             sweeps_at_tau += 1
-            if _change(old, maps, prob.movers, xp) < tol or sweeps_at_tau >= max_sweeps:
+            if _change(old, maps, prob.movers, xp, prob.isolated) < tol or sweeps_at_tau >= max_sweeps:
                 tau, sweeps_at_tau = tau * gamma, 0  # Alg. 1 line 7: anneal
                 discrete = tau < tau_min  # Alg. 1 line 8: switch to Hungarian
             continue
