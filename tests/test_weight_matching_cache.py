@@ -79,7 +79,8 @@ def test_the_cache_keeps_within_its_bytes(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(wm._Gains, "__init__", spy)
     g.match(models, spec, method="weight_matching", seed=0)
     [gains] = seen
-    assert sum(wm._array_bytes(t) for _, t in gains.terms.values()) <= 40 * 36 * 8 and gains.room >= 0
+    held = sum(wm._array_bytes(t) + (0 if x is None else wm._array_bytes(x)) for _, t, x, _ in gains.terms.values())
+    assert held <= 40 * 36 * 8 and gains.room >= 0
 
 
 @pytest.mark.parametrize("moved", [("a",), ("b",), ("a", "b"), ()])
@@ -92,3 +93,48 @@ def test_a_term_is_recomputed_when_any_map_it_reads_moves(moved: tuple[str, ...]
     gains.gain("c", maps)
     after = dict(maps) | {grp: rng.permutation(sizes[grp]) for grp in moved}
     np.testing.assert_array_equal(gains.gain("c", after), wm._Gains(x, target, spec, sizes, np).gain("c", after))
+
+
+@settings(max_examples=25, deadline=None)
+@given(net=st.sampled_from(sorted(NETS)), seed=st.integers(0, 2**16), share=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+       steps=st.integers(1, 12))
+def test_terms_updated_over_the_changed_edges_equal_fresh_ones(net: str, seed: int, share: float, steps: int) -> None:
+    """With every kept term updated from its features (``DELTA_MIN_NUMBERS`` 1), a gain read after
+    some units of the other groups moved equals the gain computed from scratch, however many
+    units moved and across the refresh (``DELTA_REFRESH`` updates in a row)."""
+    rng = np.random.default_rng(seed)
+    (x, spec, _), (target, _, _) = NETS[net](rng), NETS[net](rng)
+    sizes = spec.group_sizes({k: v.shape for k, v in x.items()})
+    maps = {grp: np.arange(n) for grp, n in sizes.items()}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wm, "DELTA_MIN_NUMBERS", 1)
+        gains = wm._Gains(x, target, spec, sizes, np)
+        for _ in range(steps):
+            for grp, n in sizes.items():  # swap a share of each group's units (a new map object)
+                k = round(share * n) // 2 * 2
+                idx = rng.choice(n, size=k, replace=False)
+                new = maps[grp].copy()
+                new[idx] = new[idx[::-1]]
+                maps[grp] = new
+            for grp in sizes:
+                got = gains.gain(grp, maps)
+                fresh = wm._Gains(x, target, spec, sizes, np).gain(grp, maps)
+                np.testing.assert_allclose(got, fresh, rtol=1e-10, atol=1e-10 * float(np.abs(fresh).max()))
+        assert all(t[3] <= wm.DELTA_REFRESH for t in gains.terms.values())
+
+
+def test_an_updated_term_is_computed_afresh_after_delta_refresh_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    x, spec, _ = mlp([6, 40, 36, 3], rng)
+    target = mlp([6, 40, 36, 3], rng)[0]
+    sizes = spec.group_sizes({k: v.shape for k, v in x.items()})
+    monkeypatch.setattr(wm, "DELTA_MIN_NUMBERS", 1)
+    gains = wm._Gains(x, target, spec, sizes, np)
+    maps = {grp: np.arange(n) for grp, n in sizes.items()}
+    counts = []
+    for _ in range(2 * wm.DELTA_REFRESH + 2):
+        maps["h1"] = maps["h1"].copy()
+        maps["h1"][[0, 1]] = maps["h1"][[1, 0]]  # two of 36 edges of h0's term from layers.1 move
+        gains.gain("h0", maps)
+        counts.append(gains.terms[("h0", "layers.1.weight", 1)][3])
+    assert counts[: wm.DELTA_REFRESH + 3] == [*range(wm.DELTA_REFRESH + 1), 0, 1]  # computed afresh, 8 updates, afresh
