@@ -138,3 +138,20 @@ def test_an_updated_term_is_computed_afresh_after_delta_refresh_updates(monkeypa
         gains.gain("h0", maps)
         counts.append(gains.terms[("h0", "layers.1.weight", 1)][3])
     assert counts[: wm.DELTA_REFRESH + 3] == [*range(wm.DELTA_REFRESH + 1), 0, 1]  # computed afresh, 8 updates, afresh
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_whole_match_with_updated_terms_finds_the_same_permutations(net: str, seed: int) -> None:
+    """Every kept term updated over its changed edges (float64 models: rounding far below any gap
+    between assignments): the permutations and passes of recomputing everything."""
+    models, spec = _models(net, 2, seed, 1.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wm, "DELTA_MIN_NUMBERS", 1)
+        updated = g.match(models, spec, method="weight_matching", seed=seed)
+    with pytest.MonkeyPatch.context() as mp:
+        _uncached(mp)
+        plain = g.match(models, spec, method="weight_matching", seed=seed)
+    assert updated.n_iter == plain.n_iter and updated.converged == plain.converged
+    for grp in spec.groups:
+        np.testing.assert_array_equal(np.asarray(updated.perms[grp][1]), np.asarray(plain.perms[grp][1]))
