@@ -45,13 +45,17 @@ def _uncached(monkeypatch: pytest.MonkeyPatch) -> None:
        level=st.sampled_from([0.3, 1.0, 3.0]))
 def test_the_same_answer_as_recomputing_everything(net: str, n_models: int, seed: int, level: float) -> None:
     models, spec = _models(net, n_models, seed, level)
-    cached = g.match(models, spec, method="weight_matching", seed=seed)
+    _assert_as_recomputed(g.match(models, spec, method="weight_matching", seed=seed), models, spec, seed)
+
+
+def _assert_as_recomputed(result: g.MatchResult, models: list[dict], spec: g.PermutationSpec, seed: int) -> None:
+    """``result`` has the permutations, passes and convergence of weight matching recomputing everything."""
     with pytest.MonkeyPatch.context() as mp:
         _uncached(mp)
         plain = g.match(models, spec, method="weight_matching", seed=seed)
-    assert cached.n_iter == plain.n_iter and cached.converged == plain.converged
+    assert result.n_iter == plain.n_iter and result.converged == plain.converged
     for grp in spec.groups:
-        for a, b in zip(cached.perms[grp], plain.perms[grp], strict=True):
+        for a, b in zip(result.perms[grp], plain.perms[grp], strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -149,9 +153,4 @@ def test_a_whole_match_with_updated_terms_finds_the_same_permutations(net: str, 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(wm, "DELTA_MIN_NUMBERS", 1)
         updated = g.match(models, spec, method="weight_matching", seed=seed)
-    with pytest.MonkeyPatch.context() as mp:
-        _uncached(mp)
-        plain = g.match(models, spec, method="weight_matching", seed=seed)
-    assert updated.n_iter == plain.n_iter and updated.converged == plain.converged
-    for grp in spec.groups:
-        np.testing.assert_array_equal(np.asarray(updated.perms[grp][1]), np.asarray(plain.perms[grp][1]))
+    _assert_as_recomputed(updated, models, spec, seed)

@@ -161,8 +161,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     else:
         second = _arrays(build(case["arch"], 1, quick)[0], spec.axes)
     n_units = sum(spec.group_sizes({k: v.shape for k, v in first.items()}).values())
-    sizes = {"params_m": sum(v.size for v in first.values()) / 1e6,
-             "model_mib": 2 * sum(v.nbytes for v in first.values()) / 2**20}
+    model_size = {"params_m": sum(v.size for v in first.values()) / 1e6,
+                  "model_mib": 2 * sum(v.nbytes for v in first.values()) / 2**20}
     del a
     first, second = ({k: convert(v) for k, v in m.items()} for m in (first, second))
     device_start = _device_peak(backend, reset=True)
@@ -173,7 +173,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     row = {**case, "backend": backend, "status": "ok", "time_s": wall, "cpu_s": cpu, "derive_s": derive_s,
-           "n_iter": result.n_iter, "groups": len(spec.groups), "units": n_units, **sizes,
+           "n_iter": result.n_iter, "groups": len(spec.groups), "units": n_units, **model_size,
            "rss_before_mib": before, "peak_rss_mib": _peak_mib()}
     if device_start is not None:
         row["device_before_mib"], row["device_peak_mib"] = device_start, _device_peak(backend)
