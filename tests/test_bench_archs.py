@@ -61,3 +61,21 @@ def test_a_real_case_runs_on_the_backend_asked_for(backend: str) -> None:
     assert row["status"] == "ok" and row["backend"] == backend
     assert row["recovered"] == 1.0
     assert "device_peak_mib" not in row
+
+
+def test_efficientnet_b0_is_b0_itself() -> None:
+    """B0's width (1.0) and 1,280-wide head, not HF's default config (B7's width 2.0 and 2,560-wide
+    head): 5.3 M parameters with 1,000 classes."""
+    pytest.importorskip("transformers")
+    a, _ = _real.build("efficientnet_b0", 0)
+    assert a.config.width_coefficient == 1.0 and a.config.hidden_dim == 1280
+    assert 5.2e6 < sum(p.numel() for p in a.parameters()) < 5.4e6
+
+
+def test_torchvision_architectures_need_torchvision_and_are_listed() -> None:
+    """``tv_<name>`` builds torchvision's own definition where torchvision imports (``nox -s
+    torchvision``); every one is offered to ``--archs``."""
+    assert all(f"tv_{name}" in _real.ARCHS for name in _real.TORCHVISION)
+    tv = pytest.importorskip("torchvision")
+    a, x = _real.build("tv_squeezenet1_0", 0)
+    assert isinstance(a, tv.models.SqueezeNet) and not a.training and tuple(x.shape) == (2, 3, 64, 64)

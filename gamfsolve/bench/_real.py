@@ -36,6 +36,12 @@ ARCHS: dict[str, str] = {
     "vit_s16_ffn": "HF ViT-S/16 as above, only its feed-forward groups (the 12 MLP hidden layers) permuted",
     "vit_b16": "HF ViT-B/16 (768 wide, 12 blocks, 12 heads, MLP 3072; 86 M parameters), 224 px",
 }
+# torchvision's own definitions (``tv_<name>``; torchvision must be importable, which it is not beside
+# the pinned torch 2.13.0: ``nox -s torchvision``'s environment has torch 2.14.1 and torchvision 0.29.1);
+# 1,000 classes, random init, 64 px; --quick builds them at full size (they have no width knob)
+TORCHVISION = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "squeezenet1_0",
+               "densenet121", "googlenet")
+ARCHS.update({f"tv_{name}": f"torchvision {name} (needs torchvision), 64 px" for name in TORCHVISION})
 
 
 LABELS: dict[str, Any] = {"num_labels": 1000}  # ImageNet-sized classifiers
@@ -47,6 +53,12 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
 
     torch.manual_seed(seed)
     w = 4 if quick else 1  # quick: every width divided by 4
+    if arch.startswith("tv_") and arch[3:] in TORCHVISION:
+        import torchvision
+
+        extra = {"aux_logits": False, "init_weights": True} if arch == "tv_googlenet" else {}  # eval has no aux heads
+        model = torchvision.models.get_model(arch[3:], weights=None, **extra)
+        return model.eval(), torch.randn(2, 3, 64, 64)
     if arch == "vgg11_bn":
         from ..adapters import torch_zoo
 
@@ -67,9 +79,10 @@ def build(arch: str, seed: int, quick: bool = False) -> tuple[Any, Any]:
             model = tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(
                 depth_multiplier=1.0 / w, image_size=64, **LABELS))
         elif arch == "efficientnet_b0":
-            # (HF's EfficientNet breaks at width coefficients below 1: quick mode halves the depth instead)
+            # B0's width and head (HF's default config is B7's: width 2.0, a 2,560-wide head);
+            # HF's EfficientNet breaks at width coefficients below 1: quick mode halves the depth instead
             model = tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
-                depth_coefficient=0.5 if quick else 1.0, image_size=64, **LABELS))
+                width_coefficient=1.0, depth_coefficient=0.5 if quick else 1.0, hidden_dim=1280, image_size=64, **LABELS))
         elif arch in ("vit_s16_mlp", "vit_s16_ffn"):
             model = tf.ViTForImageClassification(tf.ViTConfig(
                 hidden_size=384 // w, num_hidden_layers=12 // w, num_attention_heads=6 // (2 if quick else 1),
