@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,8 +56,10 @@ class FedGAMF(ScreenedStrategy):
     ``method="average"`` FedAvg's.
 
     ``match_log`` lists, per fused round, the number of clients, the matching's iterations,
-    convergence and seconds, and how many models it put in another unit order than the first
-    (``permuted``; 0: the aggregate is FedAvg's, up to one relabelling of all units).
+    convergence and seconds, and how many models it put in another unit order than the first of
+    the widest (``permuted``; 0: the aggregate is FedAvg's, up to one relabelling of all units, or
+    with narrower clients slice averaging's, each client's own units where the widest's of the
+    same index are).
 
     Robustness (:class:`~gamfsolve.adapters._flower_base.ScreenedStrategy`): a client whose
     reply carries an error, NaN/Inf, a wrong shape or key set, a dtype that cannot be cast
@@ -153,9 +155,10 @@ class FedGAMF(ScreenedStrategy):
             seed = None if self.seed is None else self.seed + server_round
             result = self._match(server_round, models, spec, weights, seed)
             fused = merge(models, spec, result, weights=weights)
+            sizes = [spec.group_sizes({k: v.shape for k, v in m.items()}) for m in models]
             self.match_log.append(
                 {"round": server_round, "clients": len(models), "n_iter": result.n_iter,
-                 "converged": result.converged, "seconds": result.time, "permuted": _permuted(result.perms)}
+                 "converged": result.converged, "seconds": result.time, "permuted": _permuted(result.perms, sizes)}
             )
             logger.info(
                 "round %d: fused %d clients by %s (%d iterations, converged=%s, %.2fs)",
@@ -186,12 +189,27 @@ def _floats(arrays: Mapping[str, np.ndarray]) -> list[str]:
     return [k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating)]
 
 
-def _permuted(perms: Mapping[str, Any]) -> int:
-    """How many models the matching put in a unit order other than the first model's."""
-    n = len(next(iter(perms.values()), []))
-    return sum(
-        any(not np.array_equal(np.asarray(p[k]), np.asarray(p[0])) for p in perms.values()) for k in range(1, n)
-    )
+def _permuted(perms: Mapping[str, Any], sizes: Sequence[Mapping[str, int]]) -> int:
+    """How many models the matching put in a unit order other than the reference model's: the
+    first of the widest (with models of one width, the first). ``perms[g][k][s]`` is model ``k``'s
+    unit at universe slot ``s``; ``sizes[k][g]`` its own units of ``g`` (the rest of its slots are
+    empty). A model is unpermuted when each of its own units sits where the reference's unit of the
+    same index does: the leading-slice placement of slice averaging, or, at one width, the
+    reference's order (the aggregate is then FedAvg's up to one relabelling of all units)."""
+    n = len(sizes)
+    full = {g: max(s[g] for s in sizes) for g in perms}
+    ref = next((k for k in range(n) if all(sizes[k][g] == full[g] for g in perms)), 0)
+    moved = 0
+    for k in range(n):
+        if k == ref:
+            continue
+        for g, p in perms.items():
+            own, base = np.asarray(p[k]), np.asarray(p[ref])
+            real = own < sizes[k][g]  # the slots that hold model k's own units
+            if not np.array_equal(own[real], base[real]):
+                moved += 1
+                break
+    return moved
 
 
 def _restrict(spec: PermutationSpec, names: list[str]) -> PermutationSpec:

@@ -259,3 +259,38 @@ def test_load_leading_and_fresh_initialisation() -> None:
     fresh = [start({"server-round": 1, "init-seed": 3}, p)["body.weight"] for p in (0, 0, 1)]
     assert not torch.equal(fresh[0], sent["body.weight"]) and torch.equal(fresh[0], fresh[1])
     assert not torch.equal(fresh[0], fresh[2])  # each partition its own initialisation
+
+
+def test_permuted_count_reads_only_each_clients_own_units() -> None:
+    """A narrower client whose own units sit where the widest client's units of the same index do
+    (slice averaging's placement) is not permuted, whatever fills its empty slots; a swap of two of
+    its own units is; at one width the count is of orders other than the first client's."""
+    from gamfsolve.adapters.flower import _permuted
+
+    wide = np.array([2, 0, 3, 1])  # the wide client's unit at each universe slot
+    narrow_in_place = np.array([2, 0, 3, 1])  # own units 0, 1 (2 and 3 are empty slots) where the wide ones are
+    narrow_empty_moved = np.array([3, 0, 2, 1])  # the same own units, empty slots filled otherwise
+    narrow_swapped = np.array([2, 1, 3, 0])  # own units 0 and 1 swapped
+    sizes = [{"h": 4}, {"h": 2}, {"h": 2}, {"h": 2}]
+    perms = {"h": [wide, narrow_in_place, narrow_empty_moved, narrow_swapped]}
+    assert _permuted(perms, sizes) == 1
+    # the widest client need not come first: it is the reference
+    assert _permuted({"h": [narrow_swapped, wide, narrow_in_place]}, [{"h": 2}, {"h": 4}, {"h": 2}]) == 1
+    same = {"h": [wide, wide.copy(), np.array([0, 1, 2, 3])]}
+    assert _permuted(same, [{"h": 4}] * 3) == 1
+
+
+def test_a_leading_slice_client_is_not_counted_as_permuted(caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that trained the leading slices of the global model (here: unchanged but for a
+    little noise) are fused in slice averaging's placement, and the log says no client moved."""
+    from flower_helpers import FakeGrid
+
+    wide = _model(0)
+    rng = np.random.default_rng(3)
+    noisy = {k: (v + 1e-3 * rng.standard_normal(v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v
+             for k, v in wide.items()}
+    strategy = FedGAMF(SPEC, method="gamf", seed=0, narrower=True)
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in wide.items()}), ConfigRecord(), FakeGrid([1, 2, 3]))  # type: ignore[arg-type]
+    out, _ = strategy.aggregate_train(1, [_reply(1, _narrow(noisy, 6)), _reply(2, wide), _reply(3, _narrow(wide, 4))])
+    assert out is not None and _np(out)["layers.0.weight"].shape == (8, 4)
+    assert strategy.match_log[-1]["permuted"] == 0
