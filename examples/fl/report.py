@@ -124,7 +124,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def matching(runs: list[Run], methods: list[str]) -> list[str]:
-    """What the matching did: aggregations, and in how many client-rounds it moved a client from the first's unit order."""
+    """What the matching did: aggregations, and in how many client-rounds it moved a client from the
+    reference's unit order (the first client's, or with clients of several widths the first widest's)."""
     lines = []
     for m in methods:
         logs = [e for r in runs if r["method"] == m and r.get("match") for e in r["match"]]
@@ -134,7 +135,9 @@ def matching(runs: list[Run], methods: list[str]) -> list[str]:
         total = sum(e["clients"] - 1 for e in logs)
         secs = np.array([e["seconds"] for e in logs])
         lines.append(f"- {m}: {len(logs)} matched aggregations; the matching permuted {moved} of {total} client-rounds "
-                     f"(clients other than the first) away from the first client's unit order; "
+                     f"(clients other than the reference) away from the reference's unit order (the first client's; "
+                     f"with several widths the first widest's, a narrower client counting when its own units leave "
+                     f"slice averaging's placement); "
                      f"{secs.mean():.2f} s per matching on average (max {secs.max():.2f} s)")
     return lines
 
