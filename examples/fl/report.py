@@ -135,9 +135,7 @@ def matching(runs: list[Run], methods: list[str]) -> list[str]:
         total = sum(e["clients"] - 1 for e in logs)
         secs = np.array([e["seconds"] for e in logs])
         lines.append(f"- {m}: {len(logs)} matched aggregations; the matching permuted {moved} of {total} client-rounds "
-                     f"(clients other than the reference) away from the reference's unit order (the first client's; "
-                     f"with several widths the first widest's, a narrower client counting when its own units leave "
-                     f"slice averaging's placement); "
+                     f"(clients other than the reference) away from the reference's unit order; "
                      f"{secs.mean():.2f} s per matching on average (max {secs.max():.2f} s)")
     return lines
 
@@ -190,7 +188,9 @@ def section(name: str, res: dict[str, Any], methods: list[str], out: Path) -> li
             lines += [f"Dirichlet alpha = {alpha}, {label} (%, mean ± std over seeds):", "", *table(sub, names, at), "",
                       "Paired differences against FedAvg (same seed: same split and initial model):", "",
                       *paired(sub, names, at), ""]
-    lines += ["What the matching did:", "", *matching(runs, names), "", f"![{name}](accuracy-{name}.png)", "",
+    lines += ["What the matching did (the reference: the first client, or with clients of several widths the first "
+              "of the widest; a narrower client counts as permuted when one of its own units leaves slice "
+              "averaging's placement):", "", *matching(runs, names), "", f"![{name}](accuracy-{name}.png)", "",
               timing(runs, names), ""]
     return lines
 
