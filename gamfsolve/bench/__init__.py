@@ -336,11 +336,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default="kernels,e2e,many,real",
                    help="comma-separated: kernels, e2e, many, real (the real networks need torch and transformers)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per end-to-end case")
+    from ._real import ARCHS  # names only: torch and transformers are imported when a case is built
+
     p.add_argument("--archs", default=None, help=(
-        "comma-separated architectures of the real section (default: all; --quick: resnet18); any of "
-        "resnet18, resnet50, vgg11_bn, alexnet, mobilenet_v2, efficientnet_b0, vit_s16_mlp, vit_s16_ffn, vit_b16, "
-        "and where torchvision imports tv_<name> for its resnet18, mobilenet_v2, mobilenet_v3_small, "
-        "efficientnet_b0, convnext_tiny, squeezenet1_0, densenet121, googlenet"))
+        "comma-separated architectures of the real section (default: all but alexnet and tv_*; --quick: "
+        f"resnet18); any of {', '.join(ARCHS)} (tv_*: torchvision's definitions, where torchvision imports)"))
     p.add_argument("--backend", default="numpy", choices=BACKENDS,
                    help="array library of every case: numpy (default), torch (CPU), torch_cuda, cupy (GPU)")
     p.add_argument("--threads", type=int, default=None,
